@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+
+FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own tensor cache and default data dir: no test sees another's files."""
+    root = tmp_path_factory.mktemp("vggbn-cache")
+    monkeypatch.setenv("VGGBN_CACHE_DIR", str(root / "tensors"))
+    monkeypatch.setenv("VGGBN_DATA_DIR", str(root / "datasets"))
+
+
+@pytest.fixture
+def fmnist_dir():
+    """The Debian package dataset-fashion-mnist's four archive files (.ci/run installs it)."""
+    names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    if not all((FMNIST_DEBIAN / n).is_file() for n in names):
+        if os.environ.get("CI"):
+            pytest.fail("CI must have the Debian package dataset-fashion-mnist (see .ci/run)")
+        pytest.skip("apt-get install dataset-fashion-mnist to run the real-data tests")
+    return FMNIST_DEBIAN
+
+
+def tiny(**kw):
+    """A seconds-fast trial on synthetic data."""
+    base = dict(dataset="synthetic", synthetic_size=512, width=0.0625, batch_size=64, epochs=2,
+                device="cpu", cpu_threads=1)
+    base.update(kw)
+    return base

@@ -1,0 +1,77 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from test_models import STUDY_PARAMS
+
+
+def vggbn(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "vggbn", *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})})
+
+
+def test_presets_prints_the_study_table():
+    r = vggbn("presets")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith("vgg_")}
+    assert set(rows) == set(STUDY_PARAMS)
+    for preset, params in STUDY_PARAMS.items():
+        assert f"{params:,}" in rows[preset]
+    assert "Network structure" in r.stdout and "VGG_BatchNorm" in r.stdout
+    js = json.loads(vggbn("presets", "--json").stdout)
+    assert {p["preset"]: p["params"] for p in js} == STUDY_PARAMS
+
+
+def test_train_writes_config_metrics_and_provenance(tmp_path):
+    out = tmp_path / "run"
+    r = vggbn("train", "--preset", "vgg_a_bn", "--set", "dataset=synthetic", "--set", "width=0.0625",
+              "--set", "epochs=2", "--set", "batch_size=64", "--set", "synthetic_size=512",
+              "--set", "record_steps=true", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "test_acc=" in r.stdout.splitlines()[-1]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["preset"] == "vgg_a_bn" and cfg["bn"] is True and cfg["width"] == 0.0625
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    assert {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time_s",
+            "images_per_s", "diverged"} <= set(lines[0])
+    result = json.loads((out / "result.json").read_text())
+    prov = result["provenance"]
+    for key in ("torch_version", "python_version", "git_commit", "device", "hostname"):
+        assert key in prov
+    assert prov["device"] == "cpu" and result["result"]["test_acc"] == lines[-1]["test_acc"]
+    assert len((out / "steps.jsonl").read_text().splitlines()) == 16
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--set", "dropout=1.5"], ["dropout", "1.5", "less than 1"]),
+    (["--set", "optimiser=sgd"], ["optimiser", "did you mean 'optimizer'"]),
+    (["--preset", "vgg_b_bn"], ["preset", "vgg_a_bn"]),
+    (["--set", "epochs"], ["KEY=VALUE"]),
+    (["--set", "width=wide"], ["width", "wide"]),
+])
+def test_bad_input_exits_2_with_a_short_message(args, words):
+    r = vggbn("train", *args)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert 1 <= len(r.stderr.strip().splitlines()) <= 2, r.stderr
+    for w in words:
+        assert w in r.stderr, (w, r.stderr)
+
+
+def test_missing_dataset_offline_exits_2(tmp_path):
+    closed = "http://127.0.0.1:9"  # nothing listens: downloads fail at once
+    r = vggbn("train", "--set", "dataset=cifar10", "--set", f"data_dir={tmp_path / 'd'}",
+              env={"http_proxy": closed, "https_proxy": closed, "HTTP_PROXY": closed,
+                   "HTTPS_PROXY": closed})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cifar-10-python.tar.gz" in r.stderr and str(tmp_path / "d") in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 2
+
+
+def test_debug_shows_the_traceback():
+    r = vggbn("--debug", "train", "--set", "dropout=1.5")
+    assert r.returncode != 0 and "Traceback" in r.stderr

@@ -1,0 +1,95 @@
+import pytest
+
+from vggbn.config import PRESETS, RECIPES, ConfigError, TrialConfig
+
+BAD = [  # (flat config, words the message must contain)
+    ({"dropout": 1.5}, ["dropout", "1.5"]),
+    ({"dropout": -0.1}, ["dropout", "-0.1"]),
+    ({"width": 0}, ["width", "0"]),
+    ({"width": -1}, ["width"]),
+    ({"lr": -1}, ["lr", "-1"]),
+    ({"lr": 0}, ["lr"]),
+    ({"lr": float("nan")}, ["lr", "finite"]),
+    ({"activation": "tanh"}, ["activation", "tanh", "leaky_relu"]),
+    ({"dataset": "imagenet"}, ["dataset", "imagenet", "cifar10"]),
+    ({"optimizer": "rmsprop"}, ["optimizer", "rmsprop", "adamw"]),
+    ({"optimiser": "sgd"}, ["optimiser", "did you mean 'optimizer'"]),
+    ({"dropuot": 0.5}, ["dropuot", "did you mean 'dropout'"]),
+    ({"batch_size": 0}, ["batch_size"]),
+    ({"batch_size": "big"}, ["batch_size", "big"]),
+    ({"epochs": 0}, ["epochs"]),
+    ({"val_fraction": 0.9}, ["val_fraction", "0.9"]),
+    ({"momentum": 1.0}, ["momentum"]),
+    ({"label_smoothing": 1.0}, ["label_smoothing"]),
+    ({"schedule": "step"}, ["schedule", "onecycle"]),
+    ({"device": "tpu"}, ["device", "tpu"]),
+    ({"preset": "vgg_a_bnn"}, ["preset", "did you mean 'vgg_a_bn'"]),
+    ({"recipe": "fast"}, ["recipe", "fast", "strong"]),
+    ({"arch": "resnet18"}, ["arch", "resnet18"]),
+    ({"train_subset": 0}, ["train_subset"]),
+    ({"precision": "fp16"}, ["precision", "fp16"]),
+    ({"seed": -3}, ["seed"]),
+]
+
+
+@pytest.mark.parametrize("flat,words", BAD, ids=[next(iter(b[0])) + str(i) for i, b in enumerate(BAD)])
+def test_bad_config_is_rejected_with_key_and_value(flat, words):
+    with pytest.raises(ConfigError) as e:
+        TrialConfig.from_flat(flat)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_at_least_15_bad_configs():
+    assert len(BAD) >= 15
+
+
+def test_preset_expands_and_explicit_keys_override():
+    c = TrialConfig.from_flat({"preset": "vgg_a_dropout_bn"})
+    assert (c.bn, c.dropout, c.residual, c.arch) == (True, 0.5, False, "vgg_a")
+    c = TrialConfig.from_flat({"preset": "vgg_a_dropout_bn", "dropout": 0.2, "bn": False})
+    assert (c.bn, c.dropout) == (False, 0.2)
+    assert TrialConfig.from_flat({"preset": "vgg_a_leaky_relu"}).activation == "leaky_relu"
+    assert TrialConfig.from_flat({"preset": "vgg_a_l2"}).weight_decay == 1e-4
+    sgd = TrialConfig.from_flat({"preset": "vgg_a_bn_sgd"})
+    assert (sgd.optimizer, sgd.momentum, sgd.lr) == ("sgd", 0.9, RECIPES["seed"]["lr"]["sgd"])
+
+
+def test_recipes():
+    seed = TrialConfig.from_flat({})
+    assert (seed.optimizer, seed.lr, seed.batch_size, seed.epochs, seed.augment, seed.normalize,
+            seed.init) == ("adam", 1e-3, 1024, 30, False, "half", "xavier")
+    strong = TrialConfig.from_flat({"recipe": "strong", "preset": "vgg_a_bn"})
+    assert (strong.optimizer, strong.nesterov, strong.label_smoothing, strong.augment,
+            strong.normalize, strong.precision, strong.bn) == ("sgd", True, 0.1, True, "dataset",
+                                                               "auto", True)
+    assert strong.warmup_epochs > 0 and strong.schedule in ("cosine", "onecycle")
+    assert strong.epochs <= 40
+    # an explicit lr beats the recipe's per-optimizer lr; a changed optimizer gets its own lr
+    assert TrialConfig.from_flat({"recipe": "strong", "lr": 0.05}).lr == 0.05
+    assert TrialConfig.from_flat({"recipe": "strong", "optimizer": "adam"}).lr == RECIPES["strong"]["lr"]["adam"]
+
+
+def test_flat_round_trip_and_variant():
+    c = TrialConfig.from_flat({"preset": "vgg_a_bn", "seed": 3, "width": 0.5, "lr": "2e-3"})
+    assert c.lr == 2e-3
+    assert TrialConfig.from_flat(c.to_flat()) == c
+    v = c.variant()
+    assert "seed" not in v and v["bn"] is True
+    assert TrialConfig.from_flat({**c.to_flat(), "seed": 4}).variant() == v
+
+
+def test_every_field_is_documented():
+    for name, f in TrialConfig.model_fields.items():
+        assert f.description, name
+
+
+def test_presets_carry_section_and_label():
+    for name, p in PRESETS.items():
+        assert p["section"] in ("Loss function", "Network structure", "Optimizer"), name
+        assert p["label"]
+
+
+def test_data_dir_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert TrialConfig.from_flat({"data_dir": "data"}).data_dir == str(tmp_path / "data")

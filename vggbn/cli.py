@@ -1,0 +1,168 @@
+"""`vggbn train | presets` (sweep, resume, export, report, landscape join with their issues).
+
+Errors for people: what went wrong and how to fix it on stderr, exit code 2, no traceback unless
+--debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import PRESETS, RECIPES, ConfigError, TrialConfig
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input from the command line: printed as 'vggbn: error: ...', exit code 2."""
+
+
+def parse_sets(items: list[str] | None, where: str = "--set") -> dict[str, Any]:
+    """['key=value', ...] -> dict; values parsed as YAML scalars (1e-3, true, null, [1, 2])."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{where} {item!r} is not KEY=VALUE.\n"
+                             f"Fix: write e.g. {where} epochs=3")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            parsed = value
+        out[key.strip()] = value if isinstance(parsed, (dict,)) else parsed
+    return out
+
+
+# ---------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .data import load
+    from .train import fit, provenance, resolve_device
+
+    flat = parse_sets(args.set)
+    for key in ("preset", "recipe"):
+        if getattr(args, key) is not None:
+            flat[key] = getattr(args, key)
+    try:
+        cfg = TrialConfig.from_flat(flat)
+    except ConfigError as e:
+        raise UsageError(f"bad trial config: {e}\nFix: see `vggbn presets` and the "
+                         f"TrialConfig fields in the README.") from None
+    device = resolve_device(cfg.device)
+    data = load(cfg, device)  # before the progress bar: a missing dataset fails cleanly
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_flat(), indent=2) + "\n")
+        (out / "provenance.json").write_text(json.dumps(provenance(device), indent=2) + "\n")
+        log = open(out / "metrics.jsonl", "w")
+    bar = tqdm(total=cfg.epochs, desc=cfg.preset or cfg.arch, unit="epoch", file=sys.stderr,
+               disable=args.quiet)
+
+    def on_epoch(metrics, state):
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", test_acc=f"{metrics['test_acc']:.4f}")
+        if out is not None:
+            log.write(json.dumps(metrics) + "\n")
+            log.flush()
+
+    try:
+        result = fit(cfg, on_epoch=on_epoch, data=data)
+    finally:
+        bar.close()
+        if out is not None:
+            log.close()
+    if out is not None:
+        summary = {k: v for k, v in result.items() if k not in ("history", "steps")}
+        (out / "result.json").write_text(json.dumps({"config": cfg.to_flat(), "result": summary,
+                                                     "provenance": provenance(device)}, indent=2) + "\n")
+        if result["steps"]:
+            with open(out / "steps.jsonl", "w") as f:
+                f.writelines(json.dumps(s) + "\n" for s in result["steps"])
+    keys = ["epoch", "train_loss", "train_acc", "val_acc", "test_loss", "test_acc", "images_per_s"]
+    line = "  ".join(f"{k}={_fmt(result[k])}" for k in keys if k in result)
+    print(f"{line}  params={result['params']:,}  diverged={result['diverged']}"
+          + (f"  -> {out}" if out else ""))
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+# ---------------------------------------------------------------------- presets
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .models import build_model, count_params
+
+    rows = []
+    for name, p in PRESETS.items():
+        cfg = TrialConfig.from_flat({"preset": name})
+        rows.append({"preset": name, "section": p["section"], "label": p["label"],
+                     "flags": ", ".join(f"{k}={v}" for k, v in p["flags"].items()),
+                     "params": count_params(build_model(cfg, 3, 10))})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    cols = ["preset", "section", "label", "params", "flags"]
+    table = [[r[c] if c != "params" else f"{r[c]:,}" for c in cols] for r in rows]
+    widths = [max(len(str(x)) for x in [c, *[t[i] for t in table]]) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("  ".join("-" * w for w in widths))
+    for t in table:
+        print("  ".join((str(x).rjust(w) if c == "params" else str(x).ljust(w))
+                        for x, w, c in zip(t, widths, cols)))
+    print("\nparams with CIFAR-10 input (3x32x32, 10 classes). Recipes:")
+    for name, r in RECIPES.items():
+        print(f"  {name}: {r['description']}")
+    return 0
+
+
+# ---------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vggbn", description="Ablation and HPO studies of VGG / "
+                                "BatchNorm training on Ray Tune.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one trial (no Ray)")
+    t.add_argument("--preset", choices=None, help="study row, see `vggbn presets`")
+    t.add_argument("--recipe", help="seed (the study's) or strong")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any TrialConfig field")
+    t.add_argument("--out", help="directory for config.json, metrics.jsonl, result.json")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("presets", help="the study's rows as flags, with parameter counts")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_presets)
+    return p
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DataError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, ConfigError, DataError) as e:
+        if args.debug:
+            raise
+        print(f"vggbn {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("vggbn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""TrialConfig: every knob of one trial, with the study's presets and the training recipes.
+
+A trial is a flat dict (what Ray Tune passes). `TrialConfig.from_flat` expands `recipe` and
+`preset` into fields, lets explicit keys override them, and validates the result. Invalid input
+raises `ConfigError` whose message names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
+ACTIVATIONS = ("relu", "leaky_relu", "gelu", "elu", "silu")
+
+
+class ConfigError(ValueError):
+    """A trial or sweep configuration that cannot run; the message is meant for a person."""
+
+
+class TrialConfig(BaseModel):
+    """One trial. Field defaults are the `seed` recipe (the original study's training setup)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
+                              allow_inf_nan=False)
+
+    # -- what is trained
+    preset: str | None = Field(None, description="study row the flags came from (see `vggbn presets`)")
+    recipe: Literal["seed", "strong"] = Field("seed", description="training recipe the defaults came from")
+    seed: int = Field(0, ge=0, description="seed for weight init, shuffling, augmentation, dropout")
+    # -- data
+    dataset: Literal["cifar10", "cifar100", "fashion_mnist", "synthetic"] = Field(
+        "cifar10", description="dataset name")
+    data_dir: str | None = Field(None, description="absolute directory with/for the dataset files "
+                                 "(default: $VGGBN_DATA_DIR or the user cache dir)")
+    val_fraction: float = Field(0.0, ge=0.0, le=0.5, description="stratified share of the training "
+                                "set held out as validation (0 = none)")
+    train_subset: int | None = Field(None, ge=1, description="train on the first N images of a "
+                                     "seeded permutation (None = all)")
+    synthetic_size: int = Field(4096, ge=20, le=1_000_000, description="training images of the "
+                                "synthetic dataset (test set: a quarter of it)")
+    augment: bool = Field(False, description="random crop (pad 4) + horizontal flip, on the device")
+    normalize: Literal["half", "dataset"] = Field("half", description="'half': (x-0.5)/0.5 as the "
+                                                  "study; 'dataset': per-channel mean/std")
+    # -- model
+    arch: Literal["vgg_a", "vgg_b", "vgg_d", "vgg_e", "vgg_light"] = Field(
+        "vgg_a", description="conv layer list (VGG-A=11, B=13, D=16, E=19 layers; vgg_light)")
+    width: float = Field(1.0, gt=0.0, le=8.0, description="multiplier of conv channels and "
+                         "classifier hidden size")
+    bn: bool = Field(False, description="BatchNorm after every conv")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="drop probability after each classifier "
+                           "hidden layer (0 = off)")
+    residual: bool = Field(False, description="each conv becomes a two-conv residual block "
+                           "(1x1 projection where channels change)")
+    activation: Literal["relu", "leaky_relu", "gelu", "elu", "silu"] = Field(
+        "relu", description="nonlinearity everywhere")
+    leaky_slope: float = Field(0.01, ge=0.0, lt=1.0, description="negative slope of leaky_relu")
+    init: Literal["xavier", "kaiming", "default"] = Field(
+        "xavier", description="weight init of conv/linear layers (biases zero)")
+    # -- optimisation
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("adam", description="optimizer")
+    lr: float = Field(1e-3, gt=0.0, description="peak learning rate")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (Adam: beta1)")
+    nesterov: bool = Field(False, description="Nesterov momentum (SGD only)")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="L2 penalty coefficient (coupled "
+                                "for sgd/adam as the study's 'L2' row; decoupled for adamw)")
+    schedule: Literal["constant", "cosine", "onecycle"] = Field(
+        "constant", description="lr schedule after warm-up, per step")
+    warmup_epochs: float = Field(0.0, ge=0.0, description="linear lr warm-up length in epochs")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross-entropy label smoothing")
+    batch_size: int = Field(1024, ge=2, le=65536, description="training minibatch size (images)")
+    eval_batch_size: int = Field(2048, ge=1, le=65536, description="evaluation chunk size (images)")
+    epochs: int = Field(30, ge=1, le=10_000, description="training epochs")
+    # -- execution
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                        description="auto = cuda, then mps, then cpu")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "fp32", description="autocast dtype; auto = bf16 where the device computes it natively")
+    compile: bool = Field(False, description="torch.compile the model")
+    cpu_threads: int = Field(0, ge=0, le=1024, description="torch threads (0 = leave torch's "
+                             "default; Ray sets it to the trial's CPUs)")
+    record_steps: bool = Field(False, description="keep every step's training loss")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        import os
+
+        return None if v in (None, "") else os.path.abspath(os.path.expanduser(v))
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str | None) -> str | None:
+        if v is not None and v not in PRESETS:
+            raise ValueError(f"unknown preset{_suggest(v, PRESETS)}; presets: {', '.join(PRESETS)}")
+        return v
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> "TrialConfig":
+        """Validate a flat dict: recipe < preset < explicit keys. Raises ConfigError."""
+        flat = dict(flat)
+        unknown = [k for k in flat if k not in cls.model_fields]
+        if unknown:
+            k = unknown[0]
+            hint = _suggest(k, cls.model_fields) or f" (valid keys: {', '.join(cls.model_fields)})"
+            raise ConfigError(f"unknown key '{k}'{hint}")
+        recipe = flat.get("recipe", "seed")
+        if recipe not in RECIPES:
+            raise ConfigError(f"recipe={recipe!r} is invalid: unknown recipe{_suggest(str(recipe), RECIPES)}; "
+                              f"recipes: {', '.join(RECIPES)}")
+        preset = flat.get("preset")
+        if preset is not None and preset not in PRESETS:
+            raise ConfigError(f"preset={preset!r} is invalid: unknown preset{_suggest(str(preset), PRESETS)}; "
+                              f"presets: {', '.join(PRESETS)}")
+        merged: dict[str, Any] = dict(RECIPES[recipe]["fields"])
+        if preset is not None:
+            merged.update(PRESETS[preset]["flags"])
+        merged.update(flat)
+        if "lr" not in merged:  # the recipe's lr for the optimizer the merge ended with
+            opt = merged.get("optimizer", cls.model_fields["optimizer"].default)
+            merged["lr"] = RECIPES[recipe]["lr"].get(opt, cls.model_fields["lr"].default)
+        try:
+            return cls.model_validate(merged)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, cls)) from None
+
+    def to_flat(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    def variant(self) -> dict[str, Any]:
+        """The config without its seed: trials with equal variants differ only by seed."""
+        d = self.model_dump()
+        d.pop("seed")
+        return d
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def format_validation_error(e: ValidationError, model: type[BaseModel]) -> str:
+    """One line per problem: 'key=value is invalid: what is allowed (field description)'."""
+    lines = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<config>"
+        field = model.model_fields.get(str(err["loc"][0])) if err["loc"] else None
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}'{_suggest(key, model.model_fields)}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        desc = f" [{key}: {field.description}]" if field is not None and field.description else ""
+        lines.append(f"{key}={err.get('input')!r} is invalid: {msg}{desc}")
+    return "; ".join(lines)
+
+
+# ---------------------------------------------------------------------- presets (the study's rows)
+# Flags only: one builder makes every row, so a row cannot silently train another row's model.
+PRESETS: dict[str, dict[str, Any]] = {
+    "vgg_a": dict(section="Network structure", label="VGG_A (baseline)",
+                  flags=dict(arch="vgg_a")),
+    "vgg_a_bn": dict(section="Network structure", label="VGG_BatchNorm",
+                     flags=dict(arch="vgg_a", bn=True)),
+    "vgg_a_dropout_bn": dict(section="Network structure", label="VGG_BatchNorm + Dropout",
+                             flags=dict(arch="vgg_a", bn=True, dropout=0.5)),
+    "vgg_light": dict(section="Network structure", label="VGG_Light",
+                      flags=dict(arch="vgg_light")),
+    "vgg_a_dropout_bn_res": dict(section="Network structure", label="VGG_BatchNorm + Dropout + Res",
+                                 flags=dict(arch="vgg_a", bn=True, dropout=0.5, residual=True)),
+    "vgg_a_leaky_relu": dict(section="Network structure", label="VGG_A + LeakyReLU",
+                             flags=dict(arch="vgg_a", activation="leaky_relu")),
+    "vgg_a_l2": dict(section="Loss function", label="VGG_A + L2 (1e-4)",
+                     flags=dict(arch="vgg_a", weight_decay=1e-4)),
+    "vgg_a_bn_sgd": dict(section="Optimizer", label="VGG_BatchNorm + SGD (momentum 0.9)",
+                         flags=dict(arch="vgg_a", bn=True, optimizer="sgd", momentum=0.9)),
+}
+
+# ---------------------------------------------------------------------- recipes (training setups)
+# `lr` is per optimizer, used unless the trial sets lr itself.
+RECIPES: dict[str, dict[str, Any]] = {
+    "seed": dict(
+        description="the study's own: Adam 1e-3, batch 1024, 30 epochs, no augmentation, "
+                    "(x-0.5)/0.5 inputs, xavier init, fp32",
+        fields=dict(recipe="seed", optimizer="adam", batch_size=1024, epochs=30, augment=False,
+                    normalize="half", init="xavier", schedule="constant", warmup_epochs=0.0,
+                    label_smoothing=0.0, precision="fp32", nesterov=False),
+        lr={"adam": 1e-3, "adamw": 1e-3, "sgd": 1e-2},
+    ),
+    "strong": dict(
+        description="SGD Nesterov 0.9, batch 512, 2 warm-up epochs then one-cycle decay, weight "
+                    "decay 5e-4, label smoothing 0.1, crop+flip, dataset mean/std, kaiming init, "
+                    "bf16 where native; aims at >=92.5% CIFAR-10 for vgg_a_bn in 40 epochs",
+        fields=dict(recipe="strong", optimizer="sgd", momentum=0.9, nesterov=True, batch_size=512,
+                    epochs=40, augment=True, normalize="dataset", init="kaiming",
+                    schedule="onecycle", warmup_epochs=2.0, label_smoothing=0.1,
+                    weight_decay=5e-4, precision="auto"),
+        lr={"sgd": 0.1, "adam": 2e-3, "adamw": 2e-3},
+    ),
+}

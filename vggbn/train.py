@@ -1,0 +1,267 @@
+"""The trial: `fit(cfg, on_epoch, resume_state) -> result`. No Ray import (sweep.py wraps it).
+
+fit is a pure function of the config: same config and seed, same result on CPU. A diverging run
+(non-finite loss) stops and reports `diverged: True` instead of raising. The state handed to
+`on_epoch` (model, optimizer, scheduler, RNG states, epoch, history) resumes bit-identically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import math
+import os
+import platform
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ConfigError, TrialConfig
+from .data import DeviceData, load
+from .models import build_model, count_params
+
+OnEpoch = Callable[[dict[str, Any], dict[str, Any]], None]
+
+
+# ---------------------------------------------------------------------- device and precision
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={spec!r} is invalid: no CUDA device is visible here "
+                          f"(use device=auto or device=cpu)")
+    if spec == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device='mps' is invalid: MPS is not available here (use device=auto)")
+    return torch.device(spec)
+
+
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX512-BF16: bf16 matmuls/convs run natively (oneDNN), several times fp32's speed."""
+    cpu = getattr(torch, "cpu", None)
+    try:
+        return bool(cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported())
+    except AttributeError:
+        return False
+
+
+def autocast_dtype(cfg: TrialConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast (weights and BatchNorm stay fp32) or None for plain fp32."""
+    if cfg.precision == "fp32" or device.type == "mps":
+        return None
+    if cfg.precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+# ---------------------------------------------------------------------- optimisation
+def make_optimizer(cfg: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":  # coupled L2, as the study's "L2" row
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.momentum, 0.999),
+                                weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999),
+                             weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of cfg.lr at a (0-based) global step: linear warm-up, then the schedule."""
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    t = min(1.0, (step - warm) / max(1.0, total - warm))
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.schedule == "onecycle":  # with warm-up: a triangle (airbench); decays to 0
+        return 1.0 - t
+    return 1.0
+
+
+# ---------------------------------------------------------------------- provenance
+def _git_commit() -> tuple[str | None, bool | None]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "-uno"],
+                                    capture_output=True, text=True, timeout=5).stdout.strip())
+        return commit, (dirty if commit else None)
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def provenance(device: torch.device | None = None) -> dict[str, Any]:
+    """Versions, git commit, host and device: stored with every result file."""
+    def ver(pkg):
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    commit, dirty = _git_commit()
+    return {"vggbn_version": ver("vggbn"), "torch_version": torch.__version__,
+            "torchvision_version": ver("torchvision"), "ray_version": ver("ray"),
+            "python_version": platform.python_version(), "git_commit": commit, "git_dirty": dirty,
+            "hostname": socket.gethostname(), "platform": platform.platform(),
+            "device": str(device) if device is not None else None,
+            "device_name": device_name(device) if device is not None else None,
+            "cuda_version": torch.version.cuda,
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+# ---------------------------------------------------------------------- the trial
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DeviceData, split, batch_size: int, amp) -> tuple[float, float]:
+    model.eval()
+    loss = torch.zeros((), device=data.device, dtype=torch.float64)
+    correct = torch.zeros((), device=data.device, dtype=torch.long)
+    for x, y in data.eval_batches(split, batch_size):
+        with amp():
+            out = model(x)
+        loss += nn.functional.cross_entropy(out.float(), y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    return loss.item() / len(split), correct.item() / len(split)
+
+
+def fit(cfg: TrialConfig | dict[str, Any], on_epoch: OnEpoch | None = None,
+        resume_state: dict[str, Any] | None = None, *, data: DeviceData | None = None) -> dict:
+    """Train one trial. Calls on_epoch(metrics, state) after every epoch; returns the result dict.
+
+    `state` holds live references (model/optimizer state dicts): save or copy it inside the
+    callback. Passing it back as `resume_state` continues exactly where it was taken.
+    """
+    if not isinstance(cfg, TrialConfig):
+        cfg = TrialConfig.from_flat(cfg)
+    t_start = time.perf_counter()
+    if cfg.cpu_threads > 0:
+        torch.set_num_threads(cfg.cpu_threads)
+    device = resolve_device(cfg.device)
+    dtype = autocast_dtype(cfg, device)
+
+    def amp():
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    if data is None:
+        data = load(cfg, device)
+    torch.manual_seed(cfg.seed)  # weight init and dropout
+    model = build_model(cfg, data.in_channels, data.num_classes).to(
+        device, memory_format=torch.channels_last)
+    net = torch.compile(model) if cfg.compile else model
+    opt = make_optimizer(cfg, model)
+    spe = data.steps_per_epoch(cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, spe))
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003)  # shuffle + augment
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    history: list[dict[str, Any]] = []
+    steps: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        opt.load_state_dict(resume_state["optimizer"])
+        sched.load_state_dict(resume_state["scheduler"])
+        torch.set_rng_state(resume_state["rng"]["torch"])
+        if device.type == "cuda" and resume_state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(resume_state["rng"]["cuda"], device)
+        gen.set_state(resume_state["rng"]["data"])
+        history = list(resume_state["history"])
+        steps = list(resume_state.get("steps", []))
+        start_epoch = resume_state["epoch"]
+
+    diverged = bool(history and history[-1]["diverged"])
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        if diverged:
+            break
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        step_losses = []
+        for x, y in data.train_batches(cfg.batch_size, gen, cfg.augment):
+            with amp():
+                out = net(x)
+                loss = criterion(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            # running sums stay on the device: no host sync per step
+            loss_sum += loss.detach() * len(y)
+            correct += (out.argmax(1) == y).sum()
+            if cfg.record_steps:
+                step_losses.append(loss.detach())
+        n_seen = spe * min(cfg.batch_size, len(data.train))
+        train_loss = loss_sum.item() / n_seen  # the epoch's one sync
+        train_time = time.perf_counter() - t0
+        diverged = not math.isfinite(train_loss)
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss,
+                                   "train_acc": correct.item() / n_seen}
+        if data.val is not None:
+            metrics["val_loss"], metrics["val_acc"] = evaluate(net, data, data.val,
+                                                               cfg.eval_batch_size, amp)
+        metrics["test_loss"], metrics["test_acc"] = evaluate(net, data, data.test,
+                                                             cfg.eval_batch_size, amp)
+        first_step = (epoch - 1) * spe
+        metrics["lr"] = cfg.lr * lr_factor(cfg, first_step + spe - 1, spe)
+        metrics["epoch_time_s"] = time.perf_counter() - t0
+        metrics["images_per_s"] = n_seen / train_time
+        metrics["diverged"] = diverged
+        history.append(metrics)
+        if step_losses:
+            values = torch.stack(step_losses).float().cpu().tolist()
+            steps += [{"step": first_step + i + 1, "epoch": epoch, "train_loss": v,
+                       "lr": cfg.lr * lr_factor(cfg, first_step + i, spe)}
+                      for i, v in enumerate(values)]
+        if on_epoch is not None:
+            state = {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(),
+                     "rng": {"torch": torch.get_rng_state(), "data": gen.get_state(),
+                             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda"
+                             else None},
+                     "history": history, "steps": steps, "config": cfg.to_flat()}
+            on_epoch(metrics, state)
+    return summarize(cfg, history, steps, model=model, device=device,
+                     wall_time_s=time.perf_counter() - t_start)
+
+
+def summarize(cfg: TrialConfig, history: list[dict], steps: list[dict], *, model: nn.Module,
+              device: torch.device, wall_time_s: float) -> dict[str, Any]:
+    """Final metrics, best epoch (by val_acc when there is a split, else test_acc), history."""
+    final = dict(history[-1]) if history else {}
+    key = "val_acc" if history and "val_acc" in history[-1] else "test_acc"
+    finite = [h for h in history if not math.isnan(h.get(key, float("nan")))]
+    best = max(finite, key=lambda h: h[key]) if finite else {}
+    result = {**final, "best_epoch": best.get("epoch"), "best_test_acc": best.get("test_acc"),
+              "params": count_params(model), "diverged": bool(final.get("diverged", False)),
+              "device": str(device), "wall_time_s": wall_time_s, "history": history,
+              "steps": steps}
+    if key == "val_acc":
+        result["best_val_acc"] = best.get("val_acc")
+    return result
