@@ -1,4 +1,4 @@
-"""`vggbn train | presets` (sweep, resume, export, report, landscape join with their issues).
+"""`vggbn train | presets | sweep | resume | export` (report and landscape join with their issues).
 
 Errors for people: what went wrong and how to fix it on stderr, exit code 2, no traceback unless
 --debug.
@@ -124,6 +124,40 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- sweeps (Ray)
+def _summary_lines(summary: dict) -> str:
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(summary["status"].items()))
+    wall = f" in {summary['wall_time_s']:.0f} s" if summary.get("wall_time_s") else ""
+    return (f"{summary['trials']} trials ({counts}){wall}; exported trials.parquet, epochs.parquet"
+            + (", steps.parquet" if summary["steps"] else "") + f" to {summary['path']}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from . import sweep
+
+    spec = sweep.load_spec(args.file, parse_sets(args.set))
+    if args.dry_run:
+        print(sweep.dry_run(spec))
+        return 0
+    print(_summary_lines(sweep.run_sweep(spec, address=args.address)))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from . import sweep
+
+    print(_summary_lines(sweep.resume_sweep(args.path, address=args.address)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import sweep
+
+    sweep._spec_of(args.path)  # a clear error when this is not a sweep directory
+    print(_summary_lines(sweep.export(args.path)))
+    return 0
+
+
 # ---------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vggbn", description="Ablation and HPO studies of VGG / "
@@ -142,6 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("presets", help="the study's rows as flags, with parameter counts")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_presets)
+
+    sw = sub.add_parser("sweep", help="run a sweep file on Ray Tune, then export its results")
+    sw.add_argument("file", help="a sweep YAML, e.g. sweeps/quick.yaml")
+    sw.add_argument("--set", action="append", metavar="PATH=VALUE",
+                    help="override a spec key: base.epochs=3, resources.gpu=0.5, storage=s3://b/p")
+    sw.add_argument("--dry-run", action="store_true", help="list the trials; do not start Ray")
+    sw.add_argument("--address", help="an existing Ray cluster (default: $RAY_ADDRESS, else local)")
+    sw.set_defaults(func=cmd_sweep)
+
+    rs = sub.add_parser("resume", help="continue an interrupted sweep, then export")
+    rs.add_argument("path", help="the sweep's directory, e.g. results/quick")
+    rs.add_argument("--address", help="an existing Ray cluster (default: $RAY_ADDRESS, else local)")
+    rs.set_defaults(func=cmd_resume)
+
+    ex = sub.add_parser("export", help="write trials/epochs/steps.parquet for a sweep directory")
+    ex.add_argument("path", help="the sweep's directory, e.g. results/quick")
+    ex.set_defaults(func=cmd_export)
     return p
 
 
@@ -149,12 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
+    from .sweep import SweepSpecError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, ConfigError, DataError) as e:
+    except (UsageError, ConfigError, DataError, SweepSpecError) as e:
         if args.debug:
             raise
         print(f"vggbn {args.command}: error: {e}", file=sys.stderr)

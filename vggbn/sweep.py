@@ -1,0 +1,579 @@
+"""SweepSpec (YAML) -> ray.tune.Tuner; the trainable around `fit`; resume; export.
+
+The only module that imports ray. A sweep's experiment lives in `<storage>/<name>/` (Ray's
+files, `spec.yaml`) and its export beside it: `trials.parquet`, `epochs.parquet`,
+`steps.parquet` (when steps were recorded). Those files are the interface for analysis.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .config import ConfigError, TrialConfig, _suggest, format_validation_error
+
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+EPOCH_METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                 "lr", "epoch_time_s", "images_per_s", "diverged")
+STATUSES = ("completed", "early_stopped", "errored", "diverged", "incomplete")
+
+
+class SweepSpecError(ValueError):
+    """A sweep file that cannot run: names the file, the key path and what is wrong."""
+
+
+# ---------------------------------------------------------------------- the spec
+class Dim(BaseModel):
+    """One searched TrialConfig key: exactly one of grid, choice, uniform, loguniform, randint."""
+
+    model_config = ConfigDict(extra="forbid")
+    grid: list[Any] | None = None
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        set_ = [k for k in ("grid", "choice", "uniform", "loguniform", "randint")
+                if getattr(self, k) is not None]
+        if len(set_) != 1:
+            raise ValueError("give exactly one of grid, choice, uniform, loguniform, randint"
+                             + (f" (got {', '.join(set_)})" if set_ else ""))
+        kind = set_[0]
+        val = getattr(self, kind)
+        if kind in ("grid", "choice") and not val:
+            raise ValueError(f"{kind} needs at least one value")
+        if kind in ("uniform", "loguniform", "randint") and not val[0] < val[1]:
+            raise ValueError(f"{kind} needs [low, high] with low < high (got {list(val)})")
+        if kind == "loguniform" and val[0] <= 0:
+            raise ValueError(f"loguniform needs low > 0 (got {val[0]})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("grid", "choice", "uniform", "loguniform", "randint")
+                    if getattr(self, k) is not None)
+
+    @property
+    def values(self):
+        return getattr(self, self.kind)
+
+    def probe_values(self) -> list[Any]:
+        """Values that must each make a valid TrialConfig (all listed; the ends of ranges)."""
+        if self.kind in ("grid", "choice"):
+            return list(self.values)
+        if self.kind == "randint":  # tune.randint's upper bound is exclusive
+            return [self.values[0], self.values[1] - 1]
+        return list(self.values)
+
+    def to_tune(self):
+        from ray import tune
+
+        v = self.values
+        if self.kind == "grid":
+            return tune.grid_search(list(v))
+        if self.kind == "choice":
+            return tune.choice(list(v))
+        return getattr(tune, self.kind)(v[0], v[1])  # uniform, loguniform, randint
+
+    def describe(self) -> str:
+        return f"{self.kind} {list(self.values)}"
+
+
+class Scheduler(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["fifo", "asha"] = "fifo"
+    grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
+    reduction_factor: float = Field(3.0, gt=1.0, description="ASHA keeps 1/reduction_factor per rung")
+    max_t: int | None = Field(None, ge=1, description="ASHA's last rung in epochs (default: epochs)")
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial (also its torch threads)")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial; a fraction packs trials on one GPU")
+
+    @model_validator(mode="after")
+    def _whole_gpus(self):
+        if self.gpu > 1 and self.gpu != int(self.gpu):
+            raise ValueError(f"gpu={self.gpu}: above 1, GPUs per trial must be a whole number")
+        return self
+
+
+class SweepSpec(BaseModel):
+    """One sweep file. `base` + `space` are TrialConfig keys, checked before anything starts."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="experiment directory name")
+    description: str = Field("", description="what it runs, what it costs, what it should reach")
+    metric: str = "test_acc"
+    mode: Literal["max", "min"] = "max"
+    base: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Dim] = Field(default_factory=dict)
+    search: Literal["grid", "random", "optuna"] = "grid"
+    seed: int | None = Field(0, description="seed of the random / Optuna TPE sampler")
+    num_samples: int = Field(1, ge=1, description="grid: repeats of the grid; random/optuna: trials")
+    max_concurrent: int = Field(0, ge=0, description="trials at once (0 = as resources allow)")
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    resources: Resources = Field(default_factory=Resources)
+    storage: str = Field("results", description="local directory or s3:// / gs:// URI")
+    max_failures: int = Field(2, ge=0, description="retries of a failed trial (from its checkpoint)")
+    checkpoint_every: int = Field(1, ge=1, description="epochs between trial checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="most recent checkpoints kept per trial")
+
+    @model_validator(mode="after")
+    def _check(self):
+        try:
+            base = TrialConfig.from_flat(self.base)
+        except ConfigError as e:
+            raise ValueError(f"base: {e}") from None
+        for key, dim in self.space.items():
+            if key not in TrialConfig.model_fields:
+                raise ValueError(f"space.{key}: unknown TrialConfig key"
+                                 f"{_suggest(key, TrialConfig.model_fields)}")
+            if key in self.base:
+                raise ValueError(f"space.{key}: also set in base; set it in one place")
+            for i, v in enumerate(dim.probe_values()):
+                try:
+                    TrialConfig.from_flat({**self.base, key: v})
+                except ConfigError as e:
+                    raise ValueError(f"space.{key}.{dim.kind}[{i}]: {e}") from None
+            if self.search == "optuna" and dim.kind == "grid":
+                raise ValueError(f"space.{key}: grid cannot be mixed with search: optuna (Optuna "
+                                 f"samples every dimension); use choice: {list(dim.values)}")
+            if self.search == "grid" and dim.kind != "grid":
+                raise ValueError(f"space.{key}: {dim.kind} needs search: random or optuna "
+                                 f"(search: grid enumerates grid dimensions only)")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric: {self.metric!r} is not reported by a trial"
+                             f"{_suggest(self.metric, METRICS)}; reported: {', '.join(METRICS)}")
+        want = "max" if self.metric.endswith("_acc") else "min"
+        if self.mode != want:
+            raise ValueError(f"mode: {self.metric} should be mode: {want}")
+        if self.metric.startswith("val_"):
+            fracs = ([d.values for k, d in self.space.items() if k == "val_fraction"] or
+                     [[base.val_fraction]])[0]
+            if not all(f and f > 0 for f in fracs):
+                raise ValueError(f"metric: {self.metric} needs a validation split: set "
+                                 f"base.val_fraction (e.g. 0.1)")
+        tunes = self.scheduler.type == "asha" or self.search == "optuna"
+        if tunes and self.metric.startswith("test_"):
+            raise ValueError(f"metric: {self.metric} would tune on the test set (scheduler "
+                             f"{self.scheduler.type}, search {self.search}); use val_acc with "
+                             f"base.val_fraction: 0.1 (model selection never looks at the test set)")
+        if self.scheduler.type == "asha":
+            epochs = max(self.trial_epochs())
+            max_t = self.scheduler.max_t or epochs
+            if max_t > epochs:
+                raise ValueError(f"scheduler.max_t: {max_t} is beyond the trials' {epochs} epochs")
+            if self.scheduler.grace_period > max_t:
+                raise ValueError(f"scheduler.grace_period: {self.scheduler.grace_period} is "
+                                 f"beyond max_t {max_t}")
+        return self
+
+    # -------------------------------------------------------------- derived
+    def trial_epochs(self) -> list[int]:
+        if "epochs" in self.space:
+            return [int(v) for v in self.space["epochs"].probe_values()]
+        return [TrialConfig.from_flat(self.base).epochs]
+
+    def grid_dims(self) -> dict[str, list]:
+        return {k: list(d.values) for k, d in self.space.items() if d.kind == "grid"}
+
+    def trial_count(self) -> int:
+        return math.prod(len(v) for v in self.grid_dims().values()) * self.num_samples
+
+    def storage_uri(self) -> str:
+        return self.storage if "://" in self.storage else str(Path(self.storage).absolute())
+
+    def experiment_path(self) -> str:
+        return f"{self.storage_uri().rstrip('/')}/{self.name}"
+
+    def param_space(self) -> dict[str, Any]:
+        return {**self.base, **{k: d.to_tune() for k, d in self.space.items()}}
+
+
+def _set_path(d: dict, path: str, value: Any) -> None:
+    keys = path.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            raise SweepSpecError(f"--set {path}: {k} is not a section")
+    d[keys[-1]] = value
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """Read and validate a sweep file; `overrides` are dotted paths (base.epochs=3)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SweepSpecError(f"{path}: no such sweep file (the shipped ones are in sweeps/)") from None
+    except yaml.YAMLError as e:
+        raise SweepSpecError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise SweepSpecError(f"{path}: a sweep file is a mapping (name:, base:, space: ...)")
+    for k, v in (overrides or {}).items():
+        _set_path(raw, k, v)
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SweepSpecError(f"{path}: {_spec_errors(e)}") from None
+
+
+def _spec_errors(e: ValidationError) -> str:
+    out = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            top = err["loc"][0] if len(err["loc"]) == 1 else None
+            hint = _suggest(str(top), SweepSpec.model_fields) if top else ""
+            out.append(f"{loc}: unknown key{hint}")
+        elif err["type"] == "missing":
+            out.append(f"{loc}: required")
+        else:
+            out.append(f"{loc + ': ' if loc else ''}{msg}"
+                       + (f" (got {err['input']!r})" if loc and "input" in err
+                          and not isinstance(err["input"], dict) else ""))
+    return "; ".join(out)
+
+
+def dry_run(spec: SweepSpec) -> str:
+    """The trials a sweep would run, without starting Ray."""
+    grid = spec.grid_dims()
+    sampled = {k: d for k, d in spec.space.items() if d.kind != "grid"}
+    combos = list(itertools.product(*grid.values())) or [()]
+    lines = [f"sweep {spec.name}: {spec.trial_count()} trials "
+             f"(search {spec.search}, scheduler {spec.scheduler.type}, metric {spec.metric} "
+             f"{spec.mode}, {spec.resources.cpu:g} CPU + {spec.resources.gpu:g} GPU each) -> "
+             f"{spec.experiment_path()}"]
+    if spec.base:
+        lines.append("base: " + ", ".join(f"{k}={v}" for k, v in spec.base.items()))
+    n = 0
+    for _ in range(spec.num_samples):
+        for combo in combos:
+            n += 1
+            flags = ", ".join(f"{k}={v}" for k, v in zip(grid, combo))
+            flags += ("; " if flags and sampled else "") + ", ".join(
+                f"{k} ~ {d.describe()}" for k, d in sampled.items())
+            lines.append(f"  {n:3d}  {flags}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- the trainable
+def vggbn_trial(config: dict[str, Any], checkpoint_every: int = 1) -> None:
+    """One Ray Tune trial: TrialConfig from Ray's dict, fit, report every epoch, checkpoint."""
+    import torch
+    from ray import tune
+
+    from .train import fit, provenance, resolve_device
+
+    cfg = TrialConfig.from_flat(config)  # an invalid config errors this trial alone
+    resources = tune.get_context().get_trial_resources().required_resources
+    if cfg.cpu_threads == 0:
+        cfg = cfg.model_copy(update={"cpu_threads": max(1, int(resources.get("CPU", 1)))})
+    device = resolve_device(cfg.device)
+    gpu = resources.get("GPU", 0)
+    if device.type == "cuda" and 0 < gpu < 1:  # packed trials: each keeps to its share
+        torch.cuda.set_per_process_memory_fraction(gpu, device)
+    resume_state = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            resume_state = torch.load(Path(d) / "state.pt", weights_only=False, map_location="cpu")
+    meta = {"provenance": provenance(device)}
+
+    def on_epoch(metrics: dict, state: dict) -> None:
+        last = metrics["epoch"] >= cfg.epochs or metrics["diverged"]
+        if metrics["epoch"] % checkpoint_every and not last:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, Path(d) / "state.pt")
+            (Path(d) / "meta.json").write_text(json.dumps(
+                {**meta, "params": sum(v.numel() for k, v in state["model"].items()
+                                       if not k.endswith(("running_mean", "running_var",
+                                                          "num_batches_tracked")))}))
+            if state["steps"]:
+                (Path(d) / "steps.json").write_text(json.dumps(state["steps"]))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    fit(cfg, on_epoch=on_epoch, resume_state=resume_state)
+
+
+def _trainable(spec: SweepSpec):
+    from ray import tune
+
+    fn = tune.with_parameters(vggbn_trial, checkpoint_every=spec.checkpoint_every)
+    return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def _reporter(spec: SweepSpec):
+    from ray.tune import CLIReporter
+
+    metrics = ["epoch", "train_loss"]
+    metrics += ["val_acc"] if spec.metric.startswith("val_") or "val_fraction" in spec.base else []
+    metrics += ["test_acc"]
+    params = list(spec.space) or [k for k in ("preset", "seed") if k in spec.base]
+    return CLIReporter(parameter_columns=params, metric_columns=metrics, max_report_frequency=30,
+                       sort_by_metric=False)
+
+
+def build_tuner(spec: SweepSpec):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    scheduler = None
+    if spec.scheduler.type == "asha":
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.scheduler.max_t or max(spec.trial_epochs()),
+                                  grace_period=spec.scheduler.grace_period,
+                                  reduction_factor=spec.scheduler.reduction_factor)
+    search_alg = None
+    if spec.search == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    elif spec.search == "random":
+        from ray.tune.search import BasicVariantGenerator
+
+        search_alg = BasicVariantGenerator(random_state=spec.seed)
+    return tune.Tuner(
+        _trainable(spec),
+        param_space=spec.param_space(),
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
+                                    search_alg=search_alg, num_samples=spec.num_samples,
+                                    max_concurrent_trials=spec.max_concurrent or None,
+                                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=spec.storage_uri(),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
+            progress_reporter=_reporter(spec), verbose=1),
+    )
+
+
+def _init_ray(address: str | None) -> bool:
+    """Connect to a cluster or start a local Ray; True when it started a local one."""
+    import ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the table with the swept flags
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # resume loses at most ~5 s
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    kw: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING",
+                          "log_to_driver": False}
+    ray.init(address=address, **kw) if address else ray.init(**kw)
+    return not address
+
+
+def _check_gpus(spec: SweepSpec, local: bool) -> None:
+    """A local Ray without GPUs would leave GPU trials pending forever (a cluster may autoscale)."""
+    import ray
+
+    if local and spec.resources.gpu > 0 and not ray.cluster_resources().get("GPU"):
+        raise SweepSpecError(f"resources.gpu: {spec.resources.gpu:g}, but this machine has no GPU "
+                             f"visible to Ray.\nFix: --set resources.gpu=0 to run on the CPU, or "
+                             f"--address a cluster with GPU workers.")
+
+
+def prepare_data(spec: SweepSpec) -> SweepSpec:
+    """The driver fetches/decodes each dataset once before trials start; trials get an absolute
+    data_dir (the per-node file lock in data.prepare stays as the fallback)."""
+    from . import data
+
+    datasets = (list(spec.space["dataset"].values) if "dataset" in spec.space
+                else [TrialConfig.from_flat(spec.base).dataset])
+    base = dict(spec.base)
+    if any(d != "synthetic" for d in datasets) and not base.get("data_dir"):
+        base["data_dir"] = data.default_data_dir()
+    for d in datasets:
+        if d != "synthetic":
+            data.prepare(d, base.get("data_dir"))
+    return spec.model_copy(update={"base": base})
+
+
+def _experiment_exists(path: str) -> bool:
+    return "://" not in path and any(Path(path).glob("experiment_state*.json"))
+
+
+def _write_text(uri: str, text: str) -> None:
+    import pyarrow.fs as pafs
+
+    fs, p = pafs.FileSystem.from_uri(uri)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(p) as f:
+        f.write(text.encode())
+
+
+def run_sweep(spec: SweepSpec, *, address: str | None = None, prepare: bool = True) -> dict:
+    """Run a sweep to the end, then export. Returns the export's summary."""
+    if _experiment_exists(spec.experiment_path()):
+        raise SweepSpecError(f"{spec.experiment_path()} already holds a sweep named {spec.name}.\n"
+                             f"Fix: `vggbn resume {spec.experiment_path()}` to continue it, or "
+                             f"--set name=OTHER for a new one.")
+    if prepare:
+        spec = prepare_data(spec)
+    local = _init_ray(address)
+    _check_gpus(spec, local)
+    _write_text(spec.experiment_path() + "/spec.yaml",
+                yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    t0 = time.time()
+    build_tuner(spec).fit()
+    return export(spec.experiment_path(), wall_time_s=time.time() - t0)
+
+
+def resume_sweep(path: str, *, address: str | None = None) -> dict:
+    """Continue an interrupted sweep: finished trials stay, unfinished ones continue from their
+    last checkpoint, errored ones are retried (from their checkpoint)."""
+    from ray import tune
+
+    spec = _spec_of(path)
+    _init_ray(address)
+    t0 = time.time()
+    tuner = tune.Tuner.restore(spec.experiment_path() if "://" in path else str(Path(path).absolute()),
+                               trainable=_trainable(spec), resume_unfinished=True,
+                               resume_errored=True)
+    tuner.fit()
+    return export(path, wall_time_s=time.time() - t0)
+
+
+def _spec_of(path: str) -> SweepSpec:
+    import pyarrow.fs as pafs
+
+    uri = path if "://" in path else str(Path(path).absolute())
+    fs, p = pafs.FileSystem.from_uri(uri)
+    try:
+        with fs.open_input_stream(p.rstrip("/") + "/spec.yaml") as f:
+            raw = yaml.safe_load(f.read().decode())
+    except (FileNotFoundError, OSError):
+        raise SweepSpecError(f"{path}: no spec.yaml here, so it is not a vggbn sweep directory "
+                             f"(expected <storage>/<name>/ as written by `vggbn sweep`)") from None
+    spec = SweepSpec.model_validate(raw)
+    # where it is now is where it lives (the directory may have been moved or downloaded)
+    storage, name = uri.rstrip("/").rsplit("/", 1)
+    return spec.model_copy(update={"storage": storage, "name": name})
+
+
+# ---------------------------------------------------------------------- export
+def _trial_status(trial, last: dict, epochs: int) -> str:
+    if trial.status == "ERROR":
+        return "errored"
+    if last.get("diverged"):
+        return "diverged"
+    if trial.status == "TERMINATED":
+        return "completed" if last.get("epoch", 0) >= epochs else "early_stopped"
+    return "incomplete"
+
+
+def _read_checkpoint(ckpt) -> tuple[dict, list]:
+    if ckpt is None:
+        return {}, []
+    try:
+        with ckpt.as_directory() as d:
+            d = Path(d)
+            meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").is_file() else {}
+            steps = json.loads((d / "steps.json").read_text()) if (d / "steps.json").is_file() else []
+            return meta, steps
+    except Exception as e:  # an unreadable checkpoint must not stop the export
+        warnings.warn(f"checkpoint {ckpt.path}: {e}")
+        return {}, []
+
+
+def export(path: str, wall_time_s: float | None = None) -> dict:
+    """Write trials/epochs/steps.parquet next to the Ray experiment. Returns a summary."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+    from ray.tune import ExperimentAnalysis
+
+    from .train import provenance
+
+    uri = path if "://" in path else str(Path(path).absolute())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ea = ExperimentAnalysis(uri)
+    driver = provenance()
+    spec = _spec_of(path)
+    rows, epoch_frames, step_rows = [], [], []
+    for trial in ea.trials:
+        tid = trial.trial_id
+        try:
+            cfg = TrialConfig.from_flat(trial.config).to_flat()
+            epochs = cfg["epochs"]
+        except ConfigError as e:
+            cfg, epochs = dict(trial.config), 0
+            cfg["config_error"] = str(e)
+        df = ea.trial_dataframes.get(tid)
+        if df is None or df.empty:
+            df = pd.DataFrame(columns=list(EPOCH_METRICS))
+        df = df[[c for c in df.columns if c in EPOCH_METRICS or c in ("time_total_s", "timestamp")]]
+        if "epoch" in df:
+            df = df.drop_duplicates("epoch", keep="last").sort_values("epoch")
+        last = df.iloc[-1].to_dict() if len(df) else {}
+        meta, steps = _read_checkpoint(trial.checkpoint)
+        status = _trial_status(trial, last, epochs)
+        sel = "val_acc" if "val_acc" in df and df["val_acc"].notna().any() else "test_acc"
+        best = df.loc[df[sel].idxmax()].to_dict() if sel in df and df[sel].notna().any() else {}
+        lr_ = trial.last_result or {}
+        row = {"trial_id": tid, "sweep": spec.name, "status": status, **cfg,
+               **{("final_lr" if m == "lr" else m): last.get(m) for m in EPOCH_METRICS},
+               "epochs_run": int(len(df)),
+               "best_epoch": best.get("epoch"), "best_test_acc": best.get("test_acc"),
+               "best_val_acc": best.get("val_acc"), "params": meta.get("params"),
+               "wall_time_s": lr_.get("time_total_s"), "node": lr_.get("node_ip"),
+               "hostname": lr_.get("hostname"),
+               "error": _error_text(trial) if status == "errored" else None}
+        prov = meta.get("provenance") or {**driver, "device": None, "device_name": None}
+        row.update({f"prov_{k}": v for k, v in prov.items()})
+        rows.append(row)
+        if len(df):
+            epoch_frames.append(df.assign(trial_id=tid))
+        step_rows += [{"trial_id": tid, **s} for s in steps]
+
+    trials = pd.DataFrame(rows)
+    fs, base = pafs.FileSystem.from_uri(uri)
+
+    def write(df: pd.DataFrame, name: str) -> None:
+        table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               b"vggbn": json.dumps({"spec": spec.model_dump(mode="json"),
+                                                                     "driver": driver}).encode()})
+        pq.write_table(table, f"{base}/{name}", filesystem=fs)
+
+    write(trials, "trials.parquet")
+    epochs_df = (pd.concat(epoch_frames, ignore_index=True) if epoch_frames
+                 else pd.DataFrame(columns=["trial_id", *EPOCH_METRICS]))
+    cols = ["trial_id"] + [c for c in epochs_df.columns if c != "trial_id"]
+    write(epochs_df[cols], "epochs.parquet")
+    if step_rows:
+        write(pd.DataFrame(step_rows), "steps.parquet")
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    return {"path": uri, "trials": len(trials), "status": counts, "wall_time_s": wall_time_s,
+            "steps": len(step_rows)}
+
+
+def _error_text(trial) -> str | None:
+    """The last line of the trial's error (Ray keeps error.txt in the trial's storage dir)."""
+    try:
+        fs = trial.storage.storage_filesystem
+        with fs.open_input_stream(f"{trial.storage.trial_fs_path}/error.txt") as f:
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+        return lines[-1].strip()[:500] if lines else None
+    except Exception:
+        return None
