@@ -20,6 +20,8 @@ import contextlib
 import gzip
 import hashlib
 import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +181,9 @@ def prepare(dataset: str, data_dir: str | None = None) -> tuple[Path, bool]:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(arrays, tmp)
         os.replace(tmp, path)  # atomic: readers never see half a file
+        with open(path.parent / "prepare.log", "a") as log:  # who decoded what, when
+            log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\t{dataset}\t{data_dir_p}\t"
+                      f"{socket.gethostname()}\tpid={os.getpid()}\n")
         return path, True
 
 

@@ -137,7 +137,7 @@ class SweepSpec(BaseModel):
         try:
             base = TrialConfig.from_flat(self.base)
         except ConfigError as e:
-            raise ValueError(f"base: {e}") from None
+            raise ValueError(f"base{': ' if str(e).startswith('unknown') else '.'}{e}") from None
         for key, dim in self.space.items():
             if key not in TrialConfig.model_fields:
                 raise ValueError(f"space.{key}: unknown TrialConfig key"

@@ -1,0 +1,193 @@
+"""Real Ray Tune sweeps, local, on the CPU: small and synthetic, as Ray's examples run --smoke-test."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from test_data import fake_fmnist
+from vggbn.config import TrialConfig
+from vggbn.sweep import EPOCH_METRICS, SweepSpec, load_spec, run_sweep
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def ray_local():
+    """A fresh local Ray per test; workers see this test's cache dirs."""
+    import ray
+
+    env = {k: os.environ[k] for k in ("VGGBN_CACHE_DIR", "VGGBN_DATA_DIR")}
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             runtime_env={"env_vars": env})
+    yield
+    ray.shutdown()
+
+
+def spec_of(tmp_path, **kw) -> SweepSpec:
+    raw = {"name": "t", "storage": str(tmp_path / "results"),
+           "base": {"dataset": "synthetic", "synthetic_size": 512, "width": 0.0625,
+                    "batch_size": 64, "epochs": 2, "device": "cpu"},
+           "resources": {"cpu": 1}}
+    raw.update(kw)
+    return SweepSpec.model_validate(raw)
+
+
+def vggbn(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "vggbn", *args], capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+def test_smoke_sweep_end_to_end(tmp_path):
+    r = vggbn("sweep", str(SWEEPS / "smoke.yaml"), "--set", f"storage={tmp_path}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "4 completed" in r.stdout
+    exp = tmp_path / "smoke"
+    trials = pd.read_parquet(exp / "trials.parquet")
+    epochs = pd.read_parquet(exp / "epochs.parquet")
+    steps = pd.read_parquet(exp / "steps.parquet")
+    assert len(trials) == 4 and set(trials["status"]) == {"completed"}
+    assert set(TrialConfig.model_fields) <= set(trials.columns)
+    for col in ("trial_id", "status", "test_acc", "best_test_acc", "best_epoch", "params",
+                "wall_time_s", "node", "prov_torch_version", "prov_git_commit", "prov_device"):
+        assert col in trials.columns, col
+    assert trials["trial_id"].is_unique
+    assert sorted(zip(trials["bn"], trials["seed"])) == [(False, 0), (False, 1), (True, 0), (True, 1)]
+    assert (trials["test_acc"] > 0.8).all(), trials["test_acc"].tolist()
+    assert (trials["params"] > 0).all() and (trials["prov_device"] == "cpu").all()
+    assert len(epochs) == 4 * 3 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert set(EPOCH_METRICS) - {"val_loss", "val_acc"} <= set(epochs.columns)
+    assert set(epochs["trial_id"]) == set(trials["trial_id"])
+    assert len(steps) == 4 * 3 * (1024 // 64)
+    assert list(steps.columns[:3]) == ["trial_id", "step", "epoch"]
+    assert yaml.safe_load((exp / "spec.yaml").read_text())["name"] == "smoke"
+    # the same sweep again refuses to overwrite it and says how to resume
+    again = vggbn("sweep", str(SWEEPS / "smoke.yaml"), "--set", f"storage={tmp_path}")
+    assert again.returncode == 2 and "vggbn resume" in again.stderr
+    # export again from the files alone
+    ex = vggbn("export", str(exp))
+    assert ex.returncode == 0 and "4 trials" in ex.stdout
+
+
+def test_asha_stops_bad_learning_rates_early(tmp_path, ray_local):
+    spec = spec_of(tmp_path, metric="val_acc", scheduler={"type": "asha", "grace_period": 1,
+                                                          "reduction_factor": 2},
+                   base={"dataset": "synthetic", "synthetic_size": 640, "width": 0.0625,
+                         "batch_size": 64, "epochs": 6, "device": "cpu", "val_fraction": 0.2},
+                   space={"lr": {"grid": [3e-3, 2e-3, 1e-7, 3e-8, 1e-8]}})
+    summary = run_sweep(spec)
+    t = pd.read_parquet(Path(summary["path"]) / "trials.parquet").set_index("lr")
+    stopped = t[t["status"] == "early_stopped"]
+    assert len(stopped) >= 1, t[["status", "epochs_run"]]
+    assert (stopped["epochs_run"] < 6).all()
+    assert {1e-7, 3e-8, 1e-8} <= set(stopped.index)  # the hopeless learning rates were cut
+    assert t.loc[3e-3, "status"] == "completed"
+
+
+def test_optuna_runs_n_trials_within_max_concurrent(tmp_path, ray_local):
+    from vggbn.sweep import build_tuner
+
+    spec = spec_of(tmp_path, metric="val_acc", search="optuna", num_samples=5, max_concurrent=1,
+                   base={"dataset": "synthetic", "synthetic_size": 512, "width": 0.0625,
+                         "batch_size": 64, "epochs": 2, "device": "cpu", "val_fraction": 0.2},
+                   space={"lr": {"loguniform": [1e-4, 1e-2]}, "bn": {"choice": [False, True]}})
+    assert build_tuner(spec)._local_tuner._tune_config.max_concurrent_trials == 1
+    summary = run_sweep(spec)
+    t = pd.read_parquet(Path(summary["path"]) / "trials.parquet")
+    e = pd.read_parquet(Path(summary["path"]) / "epochs.parquet")
+    assert len(t) == 5 and set(t["status"]) == {"completed"}
+    assert t["lr"].between(1e-4, 1e-2).all() and t["lr"].nunique() == 5
+    # one at a time: each trial's first report comes after the previous trial's last
+    spans = sorted((g["timestamp"].min() - g["time_total_s"].min(), g["timestamp"].max())
+                   for _, g in e.groupby("trial_id"))
+    assert all(b[0] >= a[1] - 1.0 for a, b in zip(spans, spans[1:])), spans
+
+
+def test_one_bad_trial_config_errors_that_trial_alone(tmp_path, ray_local, monkeypatch):
+    from ray import tune
+
+    spec = spec_of(tmp_path, max_failures=0, space={"seed": {"grid": [0, 1]}})
+    # a value that slipped past the spec check (as a hand-built param space could)
+    monkeypatch.setattr(SweepSpec, "param_space",
+                        lambda self: {**self.base, "seed": 0, "width": tune.grid_search([0.0625, -1.0, 0.125])})
+    assert "width" in spec.base
+    summary = run_sweep(spec)
+    t = pd.read_parquet(Path(summary["path"]) / "trials.parquet")
+    assert sorted(t["status"]) == ["completed", "completed", "errored"]
+    err = t[t["status"] == "errored"].iloc[0]
+    assert "width" in err["error"] and "-1" in err["error"]
+
+
+def test_dataset_prepared_once_by_four_concurrent_trials(tmp_path, ray_local):
+    d = fake_fmnist(tmp_path / "fm", n_train=2000, n_test=200)
+    spec = spec_of(tmp_path, resources={"cpu": 0.5},
+                   base={"dataset": "fashion_mnist", "data_dir": str(d), "width": 0.0625,
+                         "batch_size": 256, "epochs": 1, "device": "cpu"},
+                   space={"seed": {"grid": [0, 1, 2, 3]}})
+    summary = run_sweep(spec, prepare=False)  # no driver preparation: the trials race for it
+    assert summary["status"] == {"completed": 4}
+    log = (Path(os.environ["VGGBN_CACHE_DIR"]) / "prepare.log").read_text().splitlines()
+    assert len(log) == 1 and "fashion_mnist" in log[0]
+    # with the driver preparing first, the trials only read the cache
+    run_sweep(spec.model_copy(update={"name": "t2"}))
+    assert len((Path(os.environ["VGGBN_CACHE_DIR"]) / "prepare.log").read_text().splitlines()) == 1
+
+
+def _results(exp: Path) -> dict[str, list[dict]]:
+    """trial dir -> the results the driver recorded (result.json lines)."""
+    out = {}
+    for trial in exp.glob("trial_*"):
+        f = trial / "result.json"
+        if f.is_file():
+            out[trial.name] = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+    return out
+
+
+def _finished(exp: Path, epochs: int) -> set[str]:
+    return {t for t, rows in _results(exp).items() if any(r.get("epoch") == epochs for r in rows)}
+
+
+def test_driver_killed_then_resume_completes_without_rerunning(tmp_path):
+    spec = {"name": "killme", "storage": str(tmp_path), "metric": "test_acc",
+            "base": {"dataset": "synthetic", "synthetic_size": 2048, "width": 0.125,
+                     "batch_size": 64, "epochs": 4, "device": "cpu"},
+            "space": {"seed": {"grid": [0, 1, 2, 3, 4, 5]}}, "resources": {"cpu": 1}}
+    path = tmp_path / "killme.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    exp = tmp_path / "killme"
+    proc = subprocess.Popen([sys.executable, "-m", "vggbn", "sweep", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(_finished(exp, 4)) < 2:
+        time.sleep(0.5)
+    time.sleep(6)  # past Ray's experiment snapshot period (TUNE_GLOBAL_CHECKPOINT_S=5)
+    before = _finished(exp, 4)
+    assert 2 <= len(before) < 6, "the sweep finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started: a reboot
+    killed_at = time.time()
+    proc.wait()
+    time.sleep(2)
+    assert not (exp / "trials.parquet").exists()
+
+    r = vggbn("resume", str(exp))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "6 completed" in r.stdout
+    results = _results(exp)
+    for name in before:  # no epoch of a finished trial was trained after the kill
+        again = [r["epoch"] for r in results[name] if r["timestamp"] > killed_at and r["epoch"] < 4]
+        assert not again, f"{name} ran epochs {again} again"
+    unfinished = set(results) - before
+    for name in unfinished:  # they continued from a checkpoint, not from scratch, when they had one
+        assert max(r["epoch"] for r in results[name]) == 4
+    e = pd.read_parquet(exp / "epochs.parquet")
+    assert len(e) == 6 * 4 and not e.duplicated(["trial_id", "epoch"]).any()
+    t = pd.read_parquet(exp / "trials.parquet")
+    assert set(t["status"]) == {"completed"} and len(t) == 6
