@@ -62,10 +62,14 @@ def overhead(args, root: Path) -> None:
     print(f"vggbn sweep, {concurrency} at a time:    {wall:7.1f} s wall   "
           f"(trial time inside Ray {in_ray:.1f} s)")
     print(f"wall x concurrency / sum(compute) = {ratio:.3f}   (target <= 1.10)")
+    print(f"wall x concurrency / sum(trial time inside Ray) = {wall * concurrency / in_ray:.3f}   "
+          f"(Ray's scheduling and start-up alone; the rest is {concurrency} trials sharing the "
+          f"machine's memory bandwidth and caches)")
 
 
 def asha(args, root: Path) -> None:
     base = {**trial_base(args), "val_fraction": 0.2}
+    base.pop("width")
     space = {"lr": {"grid": [3e-3, 1e-3, 3e-4, 1e-5, 1e-6, 1e-7]},
              "width": {"grid": [args.width / 2, args.width]}}
     common = {"metric": "val_acc", "base": base, "space": space, "resources": {"cpu": 1},

@@ -82,7 +82,8 @@ def test_crop_flip_keeps_content_and_labels():
     # batches pair every augmented image with its own label
     batches = list(data.train_batches(16, torch.Generator().manual_seed(0), augment=True))
     assert len(batches) == 4
-    xs = torch.cat([b[0] for b in batches]); ys = torch.cat([b[1] for b in batches])
+    assert all(b[0].shape == (16, 3, 32, 32) for b in batches)
+    ys = torch.cat([b[1] for b in batches])
     assert sorted(ys.tolist()) == sorted(data.train.y.tolist())
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from test_data import fake_fmnist
 from vggbn.config import TrialConfig
-from vggbn.sweep import EPOCH_METRICS, SweepSpec, load_spec, run_sweep
+from vggbn.sweep import EPOCH_METRICS, SweepSpec, run_sweep
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 pytestmark = pytest.mark.timeout(600)

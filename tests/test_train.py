@@ -68,8 +68,11 @@ def test_resume_equals_uninterrupted():
     state = torch.load(io.BytesIO(saved[2]), weights_only=False)
     final_full = torch.load(io.BytesIO(saved[4]), weights_only=False)["model"]
     resumed_states = {}
-    resumed = fit(cfg, resume_state=state,
-                  on_epoch=lambda m, s: resumed_states.update({m["epoch"]: {k: v.clone() for k, v in s["model"].items()}}))
+
+    def keep_weights(m, s):
+        resumed_states[m["epoch"]] = {k: v.clone() for k, v in s["model"].items()}
+
+    resumed = fit(cfg, resume_state=state, on_epoch=keep_weights)
     assert sorted(resumed_states) == [3, 4]
     assert strip_timing(resumed["history"]) == strip_timing(full["history"])
     assert resumed["steps"] == full["steps"]

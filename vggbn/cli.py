@@ -1,4 +1,4 @@
-"""`vggbn train | presets | sweep | resume | export` (report and landscape join with their issues).
+"""`vggbn train | presets | sweep | resume | export | report` (landscape joins with its issue).
 
 Errors for people: what went wrong and how to fix it on stderr, exit code 2, no traceback unless
 --debug.
@@ -158,6 +158,115 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- report
+def _missing_trials(results) -> list[str]:
+    """Grid combinations the spec asks for that have no trial in the export."""
+    import itertools
+    from collections import Counter
+
+    missing = []
+    for meta in results.specs:
+        spec = meta.get("spec") or {}
+        grid = {k: d["grid"] for k, d in (spec.get("space") or {}).items() if d.get("grid")}
+        if not grid:
+            continue
+        t = results.trials[results.trials["sweep"] == spec.get("name")]
+        have = Counter(tuple(str(v) for v in row) for row in t[list(grid)].itertuples(index=False))
+        want = Counter(tuple(str(v) for v in c) for c in itertools.product(*grid.values())
+                       for _ in range(spec.get("num_samples", 1)))
+        for combo, n in (want - have).items():
+            missing += [", ".join(f"{k}={v}" for k, v in zip(grid, combo))] * n
+    return missing
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from analysis import plots, table
+    from analysis.results import load, swept_keys
+
+    try:
+        results = load(*args.paths)
+    except FileNotFoundError as e:
+        raise UsageError(f"{e}\nFix: give the directory of a finished or interrupted sweep, "
+                         f"e.g. results/quick.") from None
+    out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
+    figs = out / "figures"
+    reference = table.load_reference(args.reference) if args.reference else None
+    tab, info = table.comparison_table(results.trials, results.epochs, baseline=args.baseline,
+                                       target=args.target, reference=reference)
+    paths = table.write_tables(tab, info, out)
+    trials = results.trials
+    names = ", ".join(dict.fromkeys(trials["sweep"].astype(str))) if len(trials) else "?"
+    md = [f"# vggbn report: {names}", ""]
+    missing = _missing_trials(results)
+    incomplete = trials[trials["status"] != "completed"]
+    if results.partial or missing:
+        md += [f"> **Partial sweep**: {int((trials['status'] == 'incomplete').sum())} trials "
+               f"unfinished and {len(missing)} not started; the table uses the completed ones "
+               f"(run `vggbn resume` to finish).", ""]
+        md += [f"> missing: {m}" for m in missing] + ([""] if missing else [])
+    for meta in results.specs:
+        desc = (meta.get("spec") or {}).get("description")
+        if desc:
+            md += [f"*{(meta.get('spec') or {}).get('name')}*: {desc}", ""]
+    md += [f"{len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in
+                                                 trials["status"].value_counts().items()), ""]
+    md += ["## Comparison table", "", paths["md"].read_text(), "",
+           f"Also as [CSV]({paths['csv'].name}) and [LaTeX]({paths['tex'].name}).", ""]
+    rel = lambda p: p.relative_to(out).as_posix()  # noqa: E731
+    fig = plots.save(plots.accuracy_bars(tab, info), figs / "accuracy.png")
+    md += [f"![test accuracy by variant]({rel(fig)})", ""]
+    fig = plots.save(plots.learning_curves(trials, results.epochs), figs / "learning_curves.png")
+    md += ["## Learning curves", "", f"![learning curves]({rel(fig)})", ""]
+    swept = swept_keys(trials)
+    if results.steps is not None and len(results.steps) and "lr" in swept and "bn" in swept:
+        fig = plots.save(plots.loss_band(trials, results.steps), figs / "loss_band.png")
+        md += ["## Loss band (BN vs no BN, across learning rates)", "",
+               "Per training step, the min and max of the training loss over the runs with "
+               "different learning rates (the course's band, per step across runs).", "",
+               f"![loss band]({rel(fig)})", ""]
+    for meta in results.specs:
+        spec = meta.get("spec") or {}
+        if spec.get("search") in ("optuna", "random") or (spec.get("scheduler") or {}).get("type") == "asha":
+            params = [k for k in (spec.get("space") or {}) if k != "seed"]
+            t = trials[trials["sweep"] == spec.get("name")]
+            metric = "best_val_acc" if spec.get("metric") == "val_acc" else spec.get("metric", "test_acc")
+            fig = plots.save(plots.hpo_progress(t, metric, spec.get("mode", "max"), params),
+                             figs / f"hpo_{spec.get('name')}.png")
+            md += [f"## Search: {spec.get('name')}", "", f"![search progress]({rel(fig)})", ""]
+    md += ["## Trials that did not complete", ""]
+    if len(incomplete):
+        cols = [c for c in ("trial_id", "label", "seed", "status", "epochs_run", "error")
+                if c in incomplete]
+        md += [_md_table(incomplete[cols].fillna("")), ""]
+    else:
+        md += ["None: every trial completed.", ""]
+    wall = pd.to_numeric(trials.get("wall_time_s"), errors="coerce").sum()
+    prov_cols = [c for c in trials.columns if c.startswith("prov_") and c not in ("prov_created_utc",)]
+    md += ["## Provenance", "", f"- sweeps: {', '.join(results.paths)}",
+           f"- trial compute: {wall / 3600:.2f} h in {len(trials)} trials"]
+    for c in prov_cols:
+        vals = [str(v) for v in trials[c].dropna().unique()]
+        if vals:
+            md.append(f"- {c.removeprefix('prov_')}: {', '.join(vals[:5])}"
+                      + (f" (+{len(vals) - 5} more)" if len(vals) > 5 else ""))
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    n_ok = int(tab["n"].sum()) if len(tab) else 0
+    print(f"report: {out / 'report.md'}  ({len(tab)} variants, {n_ok} completed trials"
+          + (f", {len(incomplete)} not completed" if len(incomplete) else "")
+          + (f", {len(missing)} missing" if missing else "") + ")")
+    return 0
+
+
+def _md_table(df) -> str:
+    cols = list(df.columns)
+    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    rows += ["| " + " | ".join(str(v).replace("|", "/") for v in r) + " |"
+             for r in df.itertuples(index=False)]
+    return "\n".join(rows)
+
+
 # ---------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vggbn", description="Ablation and HPO studies of VGG / "
@@ -193,6 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write trials/epochs/steps.parquet for a sweep directory")
     ex.add_argument("path", help="the sweep's directory, e.g. results/quick")
     ex.set_defaults(func=cmd_export)
+
+    rp = sub.add_parser("report", help="the comparison table, figures and report.md of sweeps")
+    rp.add_argument("paths", nargs="+", help="sweep directories, e.g. results/quick")
+    rp.add_argument("--baseline", default="vgg_a", help="preset of the baseline row (default vgg_a)")
+    rp.add_argument("--target", type=float, help="accuracy (fraction) for epochs/seconds-to-target "
+                    "(default: the baseline's mean final accuracy)")
+    rp.add_argument("--reference", help="CSV preset,reference_test_acc (default: the study's)")
+    rp.add_argument("--out", help="output directory (default: <first path>/report)")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

@@ -160,7 +160,7 @@ def format_validation_error(e: ValidationError, model: type[BaseModel]) -> str:
 # ---------------------------------------------------------------------- presets (the study's rows)
 # Flags only: one builder makes every row, so a row cannot silently train another row's model.
 PRESETS: dict[str, dict[str, Any]] = {
-    "vgg_a": dict(section="Network structure", label="VGG_A (baseline)",
+    "vgg_a": dict(section="Network structure", label="VGG_A",
                   flags=dict(arch="vgg_a")),
     "vgg_a_bn": dict(section="Network structure", label="VGG_BatchNorm",
                      flags=dict(arch="vgg_a", bn=True)),

@@ -138,8 +138,9 @@ def _decode_cifar(dataset: str, data_dir: Path) -> dict[str, torch.Tensor]:
     except Exception as e:
         if have_local:
             raise DataError(f"dataset '{dataset}': the files in {data_dir} are unreadable or "
-                            f"corrupt ({type(e).__name__}: {' '.join(str(e).split())[:200]}).\nFix: replace {archive} with "
-                            f"the official archive, or delete {data_dir / folder} to re-extract.") from None
+                            f"corrupt ({type(e).__name__}: {' '.join(str(e).split())[:200]}).\n"
+                            f"Fix: replace {archive} with the official archive, "
+                            f"or delete {data_dir / folder} to re-extract.") from None
         raise _offline_error(dataset, data_dir, [data_dir],
                              f"{archive} or its extracted folder {folder}/", e) from None
     return out

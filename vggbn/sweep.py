@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import ConfigError, TrialConfig, _suggest, format_validation_error
+from .config import ConfigError, TrialConfig, _suggest
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 EPOCH_METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
@@ -490,7 +490,7 @@ def _read_checkpoint(ckpt) -> tuple[dict, list]:
             steps = json.loads((d / "steps.json").read_text()) if (d / "steps.json").is_file() else []
             return meta, steps
     except Exception as e:  # an unreadable checkpoint must not stop the export
-        warnings.warn(f"checkpoint {ckpt.path}: {e}")
+        warnings.warn(f"checkpoint {ckpt.path}: {e}", stacklevel=2)
         return {}, []
 
 

@@ -1,0 +1,1 @@
+"""vggbn analysis: exported sweep files -> DataFrames -> tables and figures. Never reads Ray internals."""

@@ -1,0 +1,161 @@
+"""Figures (matplotlib, PNG) from the exported DataFrames. One style for all of them.
+
+Each function returns the Figure (tests inspect its artists) and `save` writes it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+         "axes.spines.right": False, "font.size": 9, "legend.fontsize": 8, "legend.frameon": False}
+SECTION_COLORS = {"Loss function": "#d95f02", "Network structure": "#1b9e77",
+                  "Optimizer": "#7570b3", "Variants": "#1b9e77"}
+
+
+def _colors(n: int):
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame):
+    """Per variant: mean over seeds (line) with the min–max band; train loss and test accuracy."""
+    with plt.rc_context(STYLE):
+        fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
+        labels = _in_preset_order(trials.drop_duplicates("variant"))[["variant", "label"]]
+        for color, (_, v) in zip(_colors(len(labels)), labels.iterrows()):
+            ids = trials.loc[(trials["variant"] == v["variant"]) & (trials["status"] != "errored"),
+                             "trial_id"]
+            e = epochs[epochs["trial_id"].isin(ids)]
+            if e.empty:
+                continue
+            for ax, col, scale in ((ax_l, "train_loss", 1), (ax_a, "test_acc", 100)):
+                g = e.groupby("epoch")[col].agg(["mean", "min", "max"]) * scale
+                g = g.replace([np.inf, -np.inf], np.nan)
+                ax.plot(g.index, g["mean"], color=color, label=f"{v['label']} (n={len(ids)})")
+                ax.fill_between(g.index, g["min"], g["max"], color=color, alpha=0.15, linewidth=0)
+        for ax in (ax_l, ax_a):
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        ax_l.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="Training loss",
+                 yscale="log")
+        ax_a.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
+        ax_a.legend(loc="lower right")
+        fig.suptitle("Learning curves: mean over seeds, band = min–max")
+    return fig
+
+
+def _in_preset_order(variants: pd.DataFrame) -> pd.DataFrame:
+    from vggbn.config import PRESETS
+
+    rank = {p: i for i, p in enumerate(PRESETS)}
+    if "preset" not in variants:
+        return variants
+    return variants.assign(_r=variants["preset"].map(lambda p: rank.get(p, 99))).sort_values(
+        ["_r", "label"], kind="stable").drop(columns="_r")
+
+
+def accuracy_bars(table: pd.DataFrame, info: dict):
+    """Test accuracy per variant with 95% CI error bars, grouped (coloured) by section."""
+    t = table.iloc[::-1]  # first row on top
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(8, 0.45 * len(t) + 1.2))
+        y = np.arange(len(t))
+        mean = 100 * t["mean"].to_numpy()
+        err = np.vstack([mean - 100 * t["ci_low"].to_numpy(), 100 * t["ci_high"].to_numpy() - mean])
+        err = np.nan_to_num(err, nan=0.0)
+        colors = [SECTION_COLORS.get(s, "#666666") for s in t["section"]]
+        ax.barh(y, mean, xerr=err, color=colors, alpha=0.85, capsize=3)
+        ref = t["reference"].astype(float).to_numpy() if "reference" in t else np.full(len(t), np.nan)
+        sections = list(dict.fromkeys(table["section"]))
+        handles = [plt.Rectangle((0, 0), 1, 1, color=SECTION_COLORS.get(s, "#666")) for s in sections]
+        names = list(sections)
+        if np.isfinite(ref).any():
+            handles.append(ax.scatter(ref, y, marker="D", color="black", zorder=3, s=18))
+            names.append("original study (1 run, its recipe)")
+        ax.legend(handles, names, loc="upper center", bbox_to_anchor=(0.4, -0.12), ncol=len(names))
+        ax.set_yticks(y, [f"{v}  (n={n})" for v, n in zip(t["variant"], t["n"])])
+        finite = np.concatenate([mean[np.isfinite(mean)], ref[np.isfinite(ref)]])
+        lo = max(0.0, (finite.min() if len(finite) else 0) - 10)
+        hi = min(100.0, (finite.max() if len(finite) else 100) + 8)
+        ax.set_xlim(lo, hi)
+        ax.set(xlabel="test accuracy (%): mean over seeds, 95% CI (clipped to the axes)", 
+               title="Test accuracy by variant")
+    return fig
+
+
+def loss_band(trials: pd.DataFrame, steps: pd.DataFrame, across: str = "lr", by: str = "bn",
+              smooth: int = 1):
+    """The course's loss band: for each step, min and max of the training loss across `across`
+    (learning rates), one band per value of `by` (BN off / on), on one axes."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(8, 4))
+        s = steps.merge(trials[["trial_id", across, by]], on="trial_id")
+        for color, (val, g) in zip(("#d95f02", "#1b9e77", "#7570b3", "#e7298a"), s.groupby(by)):
+            band = g.groupby("step")["train_loss"].agg(["min", "max"])
+            if smooth > 1:
+                band = band.rolling(smooth, min_periods=1).mean()
+            runs = g[across].nunique()
+            name = {True: "with BN", False: "without BN"}.get(val, f"{by}={val}")
+            ax.fill_between(band.index, band["min"], band["max"], color=color, alpha=0.35,
+                            label=f"{name}: min–max over {runs} {across} values")
+            ax.plot(band.index, band["min"], color=color, linewidth=0.6)
+            ax.plot(band.index, band["max"], color=color, linewidth=0.6)
+        ax.set(xlabel="training step", ylabel="training loss (cross-entropy)",
+               title=f"Loss landscape band: per step, across {across}")
+        ax.legend(loc="upper right")
+    return fig
+
+
+def hpo_progress(trials: pd.DataFrame, metric: str, mode: str, params: list[str]):
+    """Best-so-far metric against trials (in start order), and each searched parameter vs metric."""
+    t = trials.dropna(subset=[metric]).reset_index(drop=True)
+    if "trial_id" in t:
+        t = t.sort_values("trial_id", kind="stable").reset_index(drop=True)
+    n = 1 + len(params)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+        axes = axes.ravel()
+        vals = 100 * t[metric].to_numpy() if metric.endswith("acc") else t[metric].to_numpy()
+        best = np.maximum.accumulate(vals) if mode == "max" else np.minimum.accumulate(vals)
+        ax = axes[0]
+        ax.plot(np.arange(1, len(vals) + 1), vals, "o", alpha=0.5, label="trial")
+        ax.plot(np.arange(1, len(vals) + 1), best, "-", color="black", label="best so far")
+        unit = " (%)" if metric.endswith("acc") else ""
+        ax.set(xlabel="trial", ylabel=metric + unit, title="Search progress")
+        ax.legend()
+        stopped = t["status"] != "completed"
+        for ax, p in zip(axes[1:], params):
+            x = t[p]
+            if x.dtype == object or x.dtype == bool:
+                cats = sorted(x.astype(str).unique())
+                xs = x.astype(str).map({c: i for i, c in enumerate(cats)})
+                ax.set_xticks(range(len(cats)), cats)
+            else:
+                xs = x
+                if x.min() > 0 and x.max() / x.min() > 20:
+                    ax.set_xscale("log")
+            ax.scatter(xs[~stopped], vals[~stopped], alpha=0.7, label="completed")
+            if stopped.any():
+                ax.scatter(xs[stopped], vals[stopped], marker="x", alpha=0.7, label="stopped early")
+            ax.set(xlabel=p, ylabel=metric + unit, title=f"{metric} vs {p}")
+        for ax in axes[n:]:
+            ax.set_visible(False)
+        fig.tight_layout()
+    return fig

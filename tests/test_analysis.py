@@ -1,0 +1,214 @@
+"""Analysis: statistics against scipy, incomplete trials, sections, FLOPs, figures, `vggbn report`."""
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.collections import PolyCollection
+from matplotlib.patches import Rectangle
+from scipy import stats
+
+from analysis import plots, table
+from analysis.results import label_variants, load, status_counts
+from vggbn.config import TrialConfig
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+ACC = {  # preset -> (status, final test_acc) per seed
+    "vgg_a": [("completed", 0.70), ("completed", 0.72), ("completed", 0.71), ("errored", None)],
+    "vgg_a_bn": [("completed", 0.80), ("completed", 0.78), ("completed", 0.83), ("diverged", 0.1)],
+    "vgg_a_l2": [("completed", 0.69), ("completed", 0.73), ("early_stopped", 0.5)],
+    "vgg_a_bn_sgd": [("completed", 0.76)],
+}
+
+
+def hand_built():
+    trials, epochs = [], []
+    for preset, runs in ACC.items():
+        for seed, (status, acc) in enumerate(runs):
+            tid = f"{preset}-{seed}"
+            cfg = TrialConfig.from_flat({"preset": preset, "seed": seed, "epochs": 3}).to_flat()
+            trials.append({"trial_id": tid, "sweep": "hand", "status": status, **cfg,
+                           "test_acc": acc, "params": 100, "best_epoch": 3, "wall_time_s": 10.0})
+            if acc is not None:
+                for e in (1, 2, 3):
+                    epochs.append({"trial_id": tid, "epoch": e, "test_acc": acc * e / 3,
+                                   "train_loss": 2.0 / e, "time_total_s": 5.0 * e,
+                                   "images_per_s": 1000.0})
+    return label_variants(pd.DataFrame(trials)), pd.DataFrame(epochs)
+
+
+def test_statistics_match_scipy():
+    trials, epochs = hand_built()
+    tab, info = table.comparison_table(trials, epochs, baseline="vgg_a")
+    row = tab.set_index("preset")
+    a = np.array([0.70, 0.72, 0.71])
+    b = np.array([0.80, 0.78, 0.83])
+    bn = row.loc["vgg_a_bn"]
+    assert bn["n"] == 3
+    assert bn["mean"] == pytest.approx(b.mean()) and bn["std"] == pytest.approx(b.std(ddof=1))
+    lo, hi = stats.t.interval(0.95, 2, loc=b.mean(), scale=stats.sem(b))
+    assert (bn["ci_low"], bn["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert bn["p_value"] == pytest.approx(stats.ttest_ind(b, a, equal_var=False).pvalue)
+    assert bn["delta"] == pytest.approx(b.mean() - a.mean()) and bn["significant"]
+    l2 = row.loc["vgg_a_l2"]
+    assert l2["p_value"] == pytest.approx(stats.ttest_ind([0.69, 0.73], a, equal_var=False).pvalue)
+    assert l2["significant"] is False or l2["significant"] == False  # noqa: E712
+    assert row.loc["vgg_a"]["baseline"] and math.isnan(row.loc["vgg_a"]["p_value"])
+    one = row.loc["vgg_a_bn_sgd"]  # one seed: no std, no CI, no test
+    assert one["n"] == 1 and math.isnan(one["std"]) and math.isnan(one["p_value"])
+    assert info["target"] == pytest.approx(a.mean())
+    # epochs to the target (baseline's mean 0.71): test_acc = acc * e / 3
+    assert bn["epochs_to_target"] == pytest.approx(3.0) and bn["reached"] == "3/3"
+
+
+def test_incomplete_trials_are_counted_not_dropped():
+    trials, epochs = hand_built()
+    c = status_counts(trials)
+    assert c.sum().sum() == len(trials)
+    tab, _ = table.comparison_table(trials, epochs)
+    row = tab.set_index("preset")
+    assert (row.loc["vgg_a", "n_errored"], row.loc["vgg_a_bn", "n_diverged"],
+            row.loc["vgg_a_l2", "n_early_stopped"]) == (1, 1, 1)
+    md = table.to_markdown(tab, _)
+    assert "1 errored" in md and "1 diverged" in md and "1 early stopped" in md
+
+
+def test_sections_in_the_study_order_with_labels_and_reference():
+    trials, epochs = hand_built()
+    tab, info = table.comparison_table(trials, epochs)
+    assert list(tab["section"]) == ["Loss function", "Network structure", "Network structure",
+                                    "Optimizer"]
+    assert list(tab["variant"]) == ["VGG_A + L2 (1e-4)", "VGG_A", "VGG_BatchNorm",
+                                    "VGG_BatchNorm + SGD (momentum 0.9)"]
+    assert tab.set_index("preset").loc["vgg_a_bn", "reference"] == 80.43
+    md = table.to_markdown(tab, info)
+    assert "VGG_A (baseline)" in md and "80.43" in md and "†" in md
+    assert "\\begin{tabular}" in table.to_latex(tab, info)
+
+
+def test_own_reference_csv_and_baseline(tmp_path):
+    trials, epochs = hand_built()
+    ref = tmp_path / "ref.csv"
+    ref.write_text("preset,reference_test_acc\nvgg_a_bn,90.5\n")
+    tab, info = table.comparison_table(trials, epochs, baseline="vgg_a_bn",
+                                       reference=table.load_reference(ref))
+    row = tab.set_index("preset")
+    assert row.loc["vgg_a_bn", "baseline"] and row.loc["vgg_a_bn", "reference"] == 90.5
+    assert pd.isna(row.loc["vgg_a", "reference"])
+    assert row.loc["vgg_a", "delta"] == pytest.approx(0.71 - np.mean([0.80, 0.78, 0.83]))
+
+
+def test_flops_of_vgg_a_conv_and_linear_part():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vggbn.models import build_model
+
+    model = build_model(TrialConfig.from_flat({"preset": "vgg_a"}), 3, 10).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    ops = counter.get_flop_counts()["Global"]
+    conv_linear = sum(v for op, v in ops.items()
+                      if any(n in str(op) for n in ("convolution", "addmm", ".mm")))
+    assert conv_linear == 2 * 153_293_824
+    assert table.gflops(TrialConfig.from_flat({"preset": "vgg_a"}).to_flat()) * 1e9 >= conv_linear
+    res = table.gflops(TrialConfig.from_flat({"preset": "vgg_a_dropout_bn_res"}).to_flat())
+    assert res > 2 * table.gflops(TrialConfig.from_flat({"preset": "vgg_a"}).to_flat()) * 0.9
+
+
+def test_figures_have_the_expected_artists(tmp_path):
+    trials, epochs = hand_built()
+    tab, info = table.comparison_table(trials, epochs)
+    fig = plots.learning_curves(trials, epochs)
+    ax_l, ax_a = fig.axes
+    assert len(ax_l.get_lines()) == len(ax_a.get_lines()) == 4  # one mean line per variant
+    assert len([c for c in ax_a.collections if isinstance(c, PolyCollection)]) == 4
+    assert ax_a.get_ylabel() == "test accuracy (%)" and ax_l.get_xlabel() == "epoch"
+    assert plots.save(fig, tmp_path / "lc.png").stat().st_size > 10_000
+    fig = plots.accuracy_bars(tab, info)
+    bars = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
+    assert len(bars) == len(tab) == 4
+    assert sorted(round(b.get_width(), 6) for b in bars) == sorted(round(100 * m, 6) for m in tab["mean"])
+    assert plots.save(fig, tmp_path / "acc.png").stat().st_size > 10_000
+    # the loss band: per step across learning rates, one band each for BN off / on
+    rows = []
+    for bn in (False, True):
+        for lr in (1e-3, 1e-4):
+            tid = f"{bn}-{lr}"
+            rows += [{"trial_id": tid, "step": s, "epoch": 1, "train_loss": 2 / s + lr * 100 + bn}
+                     for s in range(1, 21)]
+    tr = pd.DataFrame([{"trial_id": f"{bn}-{lr}", "bn": bn, "lr": lr}
+                       for bn in (False, True) for lr in (1e-3, 1e-4)])
+    fig = plots.loss_band(tr, pd.DataFrame(rows))
+    polys = [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)]
+    assert len(polys) == 2 and fig.axes[0].get_xlabel() == "training step"
+    band = polys[0].get_paths()[0].vertices
+    assert band[:, 1].max() == pytest.approx(2 + 0.1) and band[:, 1].min() == pytest.approx(2 / 20 + 0.01)
+    hp = trials.assign(lr=np.linspace(1e-4, 1e-2, len(trials)), best_val_acc=trials["test_acc"])
+    fig = plots.hpo_progress(hp, "best_val_acc", "max", ["lr", "bn"])
+    assert len([a for a in fig.axes if a.get_visible()]) == 3
+    assert plots.save(fig, tmp_path / "hpo.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke")
+    r = subprocess.run([sys.executable, "-m", "vggbn", "sweep", str(SWEEPS / "smoke.yaml"),
+                        "--set", f"storage={root}"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root / "smoke"
+
+
+def report(*args):
+    return subprocess.run([sys.executable, "-m", "vggbn", "report", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_report_end_to_end_on_the_smoke_sweep(smoke_dir, tmp_path):
+    out = tmp_path / "rep"
+    r = report(str(smoke_dir), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    md = (out / "report.md").read_text()
+    assert "bn=False" in md and "bn=True" in md and "(baseline)" in md
+    assert "Partial" not in md and "every trial completed" in md
+    for f in ("figures/accuracy.png", "figures/learning_curves.png", "table.csv", "table.tex",
+              "table.md"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+        if f.endswith(".png"):
+            assert (out / f).read_bytes()[:4] == b"\x89PNG"
+            assert f"]({f})" in md
+    assert "git_commit" in md and "torch_version" in md
+    csv = pd.read_csv(out / "table.csv")
+    assert len(csv) == 2 and set(csv["n"]) == {2}
+
+
+def test_report_on_a_partial_sweep_names_missing_trials(smoke_dir, tmp_path):
+    part = tmp_path / "smoke"
+    shutil.copytree(smoke_dir, part)
+    t = pd.read_parquet(part / "trials.parquet")
+    dropped = t.iloc[0]
+    t = t.iloc[1:].copy()
+    t.loc[t.index[0], "status"] = "incomplete"
+    t.to_parquet(part / "trials.parquet")
+    # keep the spec metadata (the export writes it) so the report knows the grid
+    import pyarrow.parquet as pq
+    meta = pq.read_schema(smoke_dir / "trials.parquet").metadata
+    tbl = pq.read_table(part / "trials.parquet")
+    pq.write_table(tbl.replace_schema_metadata({**(tbl.schema.metadata or {}), **meta}),
+                   part / "trials.parquet")
+    r = report(str(part))
+    assert r.returncode == 0, r.stderr
+    md = (part / "report" / "report.md").read_text()
+    assert "Partial sweep" in md and "1 trials unfinished and 1 not started" in md
+    assert f"missing: bn={dropped['bn']}, seed={dropped['seed']}" in md
+    assert "1 missing" in r.stdout
+
+
+def test_report_on_a_directory_without_results_exits_2(tmp_path):
+    r = report(str(tmp_path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "trials.parquet" in r.stderr
