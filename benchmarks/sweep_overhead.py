@@ -82,7 +82,7 @@ def asha(args, root: Path) -> None:
 
     def best(t):
         row = t.sort_values(["best_val_acc", "lr"], ascending=[False, False]).iloc[0]
-        return (row["lr"], row["width"]), row["best_val_acc"]
+        return (float(row["lr"]), float(row["width"])), float(row["best_val_acc"])
 
     saved = 1 - ash["epochs_run"].sum() / fifo["epochs_run"].sum()
     (bf, vf), (ba, va) = best(fifo), best(ash)

@@ -356,7 +356,8 @@ def build_tuner(spec: SweepSpec):
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
                                     search_alg=search_alg, num_samples=spec.num_samples,
                                     max_concurrent_trials=spec.max_concurrent or None,
-                                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+                                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+                                    reuse_actors=True),  # no process start + torch import per trial
         run_config=tune.RunConfig(
             name=spec.name, storage_path=spec.storage_uri(),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
