@@ -93,7 +93,7 @@ def accuracy_bars(table: pd.DataFrame, info: dict):
         lo = max(0.0, (finite.min() if len(finite) else 0) - 10)
         hi = min(100.0, (finite.max() if len(finite) else 100) + 8)
         ax.set_xlim(lo, hi)
-        ax.set(xlabel="test accuracy (%): mean over seeds, 95% CI (clipped to the axes)", 
+        ax.set(xlabel="test accuracy (%): mean over seeds, 95% CI (clipped to the axes)",
                title="Test accuracy by variant")
     return fig
 

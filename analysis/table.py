@@ -62,10 +62,19 @@ def gflops(config: dict) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def load_reference(path: str | Path | None = None) -> dict[str, float]:
-    """preset -> reported test accuracy (percent). Default: the original study's single runs."""
+def load_reference(path: str | Path | None = None) -> dict[tuple[str, str | None], float]:
+    """(preset, dataset) -> reported test accuracy (percent); dataset None = any dataset.
+    Default: the original study's single runs, on CIFAR-10."""
     ref = pd.read_csv(path or REFERENCE_CSV)
-    return dict(zip(ref["preset"], ref["reference_test_acc"]))
+    datasets = ref["dataset"] if "dataset" in ref else [None] * len(ref)
+    return {(p, d if isinstance(d, str) else None): float(a)
+            for p, d, a in zip(ref["preset"], datasets, ref["reference_test_acc"])}
+
+
+def _reference_for(reference: dict, preset: str | None, dataset: str | None) -> float | None:
+    if preset is None:
+        return None
+    return reference.get((preset, dataset), reference.get((preset, None)))
 
 
 def _first_reaching(epochs: pd.DataFrame, target: float) -> tuple[float, float]:
@@ -128,7 +137,7 @@ def comparison_table(trials: pd.DataFrame, epochs: pd.DataFrame, baseline: str |
             "seconds_to_target": float(np.mean(reach_s)) if reach_s else math.nan,
             "best_epoch": float(sel["best_epoch"].mean()) if len(sel) else math.nan,
             **{f"n_{s}": int(c[s]) for s in counts.columns},
-            "reference": reference.get(preset) if preset else None,
+            "reference": _reference_for(reference, preset, v.get("dataset")),
             "variant_id": v["variant"],
         })
     table = pd.DataFrame(rows)
@@ -150,6 +159,11 @@ def _pct(x: float, digits: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
 
 
+def _delta(r) -> str:
+    text = f"{100 * r['delta']:+.2f}" if not math.isnan(r["delta"]) else "–"
+    return text + ("" if r["significant"] else " †")  # † also where there are too few seeds to test
+
+
 def display_frame(table: pd.DataFrame, info: dict) -> pd.DataFrame:
     """The table as people read it: percent, mean ± std, marks."""
     tgt = _pct(info["target"], 1)
@@ -165,8 +179,7 @@ def display_frame(table: pd.DataFrame, info: dict) -> pd.DataFrame:
             "n": r["n"],
             "Test acc % (mean ± std)": f"{_pct(r['mean'])} ± {_pct(r['std'])}",
             "95% CI": f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]",
-            "Δ vs baseline": "" if r["baseline"] else (f"{100 * r['delta']:+.2f}" if not math.isnan(r["delta"]) else "–")
-            + ("" if r["significant"] in (True, None) else " †"),
+            "Δ vs baseline": "" if r["baseline"] else _delta(r),
             "p (Welch)": "" if r["baseline"] or math.isnan(p) else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"),
             "Params": f"{r['params']:,}" if r["params"] else "–",
             "GFLOPs": f"{r['gflops']:.3g}",

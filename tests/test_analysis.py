@@ -14,7 +14,7 @@ from matplotlib.patches import Rectangle
 from scipy import stats
 
 from analysis import plots, table
-from analysis.results import label_variants, load, status_counts
+from analysis.results import label_variants, status_counts
 from vggbn.config import TrialConfig
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
@@ -212,3 +212,10 @@ def test_report_on_a_partial_sweep_names_missing_trials(smoke_dir, tmp_path):
 def test_report_on_a_directory_without_results_exits_2(tmp_path):
     r = report(str(tmp_path))
     assert r.returncode == 2 and "Traceback" not in r.stderr and "trials.parquet" in r.stderr
+
+
+def test_study_reference_only_beside_its_own_dataset():
+    trials, epochs = hand_built()
+    fm = label_variants(trials.assign(dataset="fashion_mnist"))
+    tab, _ = table.comparison_table(fm, epochs)
+    assert tab["reference"].isna().all()  # the study's numbers are CIFAR-10 numbers

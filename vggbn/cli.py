@@ -202,9 +202,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     missing = _missing_trials(results)
     incomplete = trials[trials["status"] != "completed"]
     if results.partial or missing:
-        md += [f"> **Partial sweep**: {int((trials['status'] == 'incomplete').sum())} trials "
-               f"unfinished and {len(missing)} not started; the table uses the completed ones "
-               f"(run `vggbn resume` to finish).", ""]
+        pending = trials["status"] == "incomplete"
+        started = pending & (trials["epochs_run"] > 0)
+        md += [f"> **Partial sweep**: {int(started.sum())} trials unfinished and "
+               f"{int((pending & ~started).sum()) + len(missing)} not started; the table uses the "
+               f"completed ones (run `vggbn resume` to finish).", ""]
         md += [f"> missing: {m}" for m in missing] + ([""] if missing else [])
     for meta in results.specs:
         desc = (meta.get("spec") or {}).get("description")

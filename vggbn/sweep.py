@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import os
 import tempfile
@@ -506,9 +507,15 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
     from .train import provenance
 
     uri = path if "://" in path else str(Path(path).absolute())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ea = ExperimentAnalysis(uri)
+    quiet = logging.getLogger("ray.tune")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # trials that never started have no results yet: not news
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ea = ExperimentAnalysis(uri)
+    finally:
+        quiet.setLevel(level)
     driver = provenance()
     spec = _spec_of(path)
     rows, epoch_frames, step_rows = [], [], []
