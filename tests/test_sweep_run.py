@@ -156,21 +156,22 @@ def _finished(exp: Path, epochs: int) -> set[str]:
 
 def test_driver_killed_then_resume_completes_without_rerunning(tmp_path):
     spec = {"name": "killme", "storage": str(tmp_path), "metric": "test_acc",
-            "base": {"dataset": "synthetic", "synthetic_size": 2048, "width": 0.125,
+            "base": {"dataset": "synthetic", "synthetic_size": 4096, "width": 0.125,
                      "batch_size": 64, "epochs": 4, "device": "cpu"},
-            "space": {"seed": {"grid": [0, 1, 2, 3, 4, 5]}}, "resources": {"cpu": 1}}
+            "space": {"seed": {"grid": list(range(10))}}, "resources": {"cpu": 1}}
     path = tmp_path / "killme.yaml"
     path.write_text(yaml.safe_dump(spec))
     exp = tmp_path / "killme"
     proc = subprocess.Popen([sys.executable, "-m", "vggbn", "sweep", str(path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True,
+                            env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
     deadline = time.time() + 300
     while time.time() < deadline and len(_finished(exp, 4)) < 2:
         time.sleep(0.5)
-    time.sleep(6)  # past Ray's experiment snapshot period (TUNE_GLOBAL_CHECKPOINT_S=5)
+    time.sleep(2)  # past Ray's experiment snapshot period (TUNE_GLOBAL_CHECKPOINT_S=1)
     before = _finished(exp, 4)
-    assert 2 <= len(before) < 6, "the sweep finished before it could be killed"
+    assert 2 <= len(before) < 10, "the sweep finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started: a reboot
     killed_at = time.time()
     proc.wait()
@@ -179,7 +180,7 @@ def test_driver_killed_then_resume_completes_without_rerunning(tmp_path):
 
     r = vggbn("resume", str(exp))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "6 completed" in r.stdout
+    assert "10 completed" in r.stdout
     results = _results(exp)
     for name in before:  # no epoch of a finished trial was trained after the kill
         again = [r["epoch"] for r in results[name] if r["timestamp"] > killed_at and r["epoch"] < 4]
@@ -188,6 +189,6 @@ def test_driver_killed_then_resume_completes_without_rerunning(tmp_path):
     for name in unfinished:  # they continued from a checkpoint, not from scratch, when they had one
         assert max(r["epoch"] for r in results[name]) == 4
     e = pd.read_parquet(exp / "epochs.parquet")
-    assert len(e) == 6 * 4 and not e.duplicated(["trial_id", "epoch"]).any()
+    assert len(e) == 10 * 4 and not e.duplicated(["trial_id", "epoch"]).any()
     t = pd.read_parquet(exp / "trials.parquet")
-    assert set(t["status"]) == {"completed"} and len(t) == 6
+    assert set(t["status"]) == {"completed"} and len(t) == 10
