@@ -159,3 +159,117 @@ def hpo_progress(trials: pd.DataFrame, metric: str, mode: str, params: list[str]
             ax.set_visible(False)
         fig.tight_layout()
     return fig
+
+
+def _bn_name(trials: pd.DataFrame, tid: str) -> str:
+    row = trials.set_index("trial_id").loc[tid]
+    name = "with BN" if bool(row.get("bn")) else "without BN"
+    extra = [f"{k}={row[k]:g}" if isinstance(row[k], float) else f"{k}={row[k]}"
+             for k in ("optimizer", "lr") if k in row]
+    return f"{name} ({', '.join(extra)})"
+
+
+def santurkar_triple(trials: pd.DataFrame, probes: pd.DataFrame, smooth: int = 5):
+    """Santurkar et al. Fig. 4: loss landscape band, gradient predictiveness band and effective
+    β-smoothness against the training step, BN vs no BN on shared axes. Bands are min–max over the
+    probe step sizes η; smoothed over `smooth` probes (raw values as faint lines)."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+        tids = list(dict.fromkeys(probes["trial_id"]))
+        bn_of = trials.set_index("trial_id")["bn"].astype(bool).to_dict()
+        tids.sort(key=lambda t: (bn_of.get(t, False), t))
+        palette = {False: ["#d95f02", "#e6ab02", "#a6761d", "#e7298a"],
+                   True: ["#1b9e77", "#7570b3", "#66a61e", "#1f78b4"]}
+        used = {False: 0, True: 0}
+        for tid in tids:
+            bn = bn_of.get(tid, False)
+            color = palette[bn][used[bn] % 4]
+            used[bn] += 1
+            p = probes[probes["trial_id"] == tid]
+            per = p.groupby("step").agg(loss_min=("loss", "min"), loss_max=("loss", "max"),
+                                        gd_min=("grad_diff", "min"), gd_max=("grad_diff", "max"),
+                                        beta=("beta", "max"))
+            sm = per.rolling(smooth, min_periods=1).mean()
+            label = _bn_name(trials, tid)
+            for ax, lo, hi in ((axes[0], "loss_min", "loss_max"), (axes[1], "gd_min", "gd_max")):
+                ax.fill_between(sm.index, sm[lo], sm[hi], color=color, alpha=0.35, label=label)
+                ax.plot(per.index, per[lo], color=color, alpha=0.15, linewidth=0.5)
+                ax.plot(per.index, per[hi], color=color, alpha=0.15, linewidth=0.5)
+            axes[2].plot(per.index, per["beta"], color=color, alpha=0.2, linewidth=0.5)
+            axes[2].plot(sm.index, sm["beta"], color=color, label=label)
+        axes[0].set(xlabel="training step", ylabel="loss L(w − ηg)", title="(a) loss landscape",
+                    yscale="log")
+        axes[1].set(xlabel="training step", ylabel="‖∇L(w − ηg) − ∇L(w)‖₂",
+                    title="(b) gradient predictiveness", yscale="log")
+        axes[2].set(xlabel="training step", ylabel="max over η of ‖Δ∇L‖ / ‖ηg‖",
+                    title="(c) effective β-smoothness", yscale="log")
+        axes[0].legend(loc="upper right")
+        etas = sorted(probes["eta_mult"].unique())
+        fig.suptitle("Santurkar et al. Fig. 4: bands are min–max over η ∈ {"
+                     + ", ".join(f"{e:g}" for e in etas) + "} × lr; smoothed over "
+                     f"{smooth} probes, raw values faint")
+        fig.tight_layout()
+    return fig
+
+
+def landscape_1d(trials: pd.DataFrame, surf: pd.DataFrame):
+    """Li et al. 1D: loss and accuracy along one filter-normalised direction, per trial."""
+    with plt.rc_context(STYLE):
+        fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.8))
+        s1 = surf[surf["kind"] == "1d"]
+        bn_of = trials.set_index("trial_id")["bn"].astype(bool).to_dict()
+        for tid, g in s1.groupby("trial_id"):
+            style = "-" if bn_of.get(tid) else "--"
+            label = _bn_name(trials, tid)
+            ax_l.plot(g["alpha"], g["loss"], style, label=label)
+            ax_a.plot(g["alpha"], 100 * g["acc"], style, label=label)
+        ax_l.set(xlabel="α (filter-normalised direction)", ylabel="training loss", yscale="log",
+                 title="Loss along a random direction")
+        ax_a.set(xlabel="α (filter-normalised direction)", ylabel="training accuracy (%)",
+                 title="Accuracy along the same direction")
+        ax_l.legend()
+        fig.tight_layout()
+    return fig
+
+
+def _grids(surf: pd.DataFrame):
+    s2 = surf[surf["kind"] == "2d"]
+    for tid, g in s2.groupby("trial_id"):
+        piv = g.pivot_table(index="beta", columns="alpha", values="loss")
+        yield tid, piv.columns.to_numpy(), piv.index.to_numpy(), piv.to_numpy()
+
+
+def landscape_2d(trials: pd.DataFrame, surf: pd.DataFrame):
+    """Li et al. 2D contour maps side by side on one colour scale (log10 of the loss)."""
+    grids = list(_grids(surf))
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids) + 1, 4), squeeze=False)
+        z_all = np.log10(np.concatenate([z.ravel() for *_, z in grids]))
+        z_all = z_all[np.isfinite(z_all)]
+        levels = np.linspace(z_all.min(), min(z_all.max(), z_all.min() + 3), 25)
+        cs = None
+        for ax, (tid, a, b, z) in zip(axes[0], grids):
+            cs = ax.contourf(a, b, np.log10(z), levels=levels, cmap="viridis", extend="max")
+            ax.contour(a, b, np.log10(z), levels=levels[::3], colors="white", linewidths=0.4)
+            ax.set(xlabel="α", ylabel="β", title=_bn_name(trials, tid), aspect="equal")
+            ax.grid(False)
+        fig.colorbar(cs, ax=axes[0].tolist(), label="log10 training loss")
+        fig.suptitle("Li et al. 2D loss surfaces (filter-normalised directions), shared colour scale")
+    return fig
+
+
+def landscape_3d(trials: pd.DataFrame, surf: pd.DataFrame):
+    grids = list(_grids(surf))
+    with plt.rc_context(STYLE):
+        fig = plt.figure(figsize=(4.5 * len(grids), 4))
+        zmax = max(np.nanmax(z) for *_, z in grids)
+        zmin = min(np.nanmin(z) for *_, z in grids)
+        for i, (tid, a, b, z) in enumerate(grids):
+            ax = fig.add_subplot(1, len(grids), i + 1, projection="3d")
+            A, B = np.meshgrid(a, b)
+            ax.plot_surface(A, B, np.minimum(z, zmax), cmap="viridis", vmin=zmin,
+                            vmax=min(zmax, zmin * 1000), linewidth=0)
+            ax.set(xlabel="α", ylabel="β", zlabel="loss", title=_bn_name(trials, tid),
+                   zlim=(zmin, zmax))
+        fig.suptitle("Li et al. loss surfaces in 3D")
+    return fig

@@ -27,6 +27,8 @@ class Results:
     trials: pd.DataFrame
     epochs: pd.DataFrame
     steps: pd.DataFrame | None
+    probes: pd.DataFrame | None = None
+    surfaces: pd.DataFrame | None = None
     specs: list[dict] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
 
@@ -42,7 +44,7 @@ def _meta(path: Path) -> dict:
 
 def load(*paths: str | Path) -> Results:
     """One or more sweep directories (each with trials.parquet) -> Results with variants labelled."""
-    trials, epochs, steps, specs = [], [], [], []
+    trials, epochs, steps, probes, surfaces, specs = [], [], [], [], [], []
     for p in paths:
         p = Path(p)
         if not (p / "trials.parquet").is_file():
@@ -57,14 +59,17 @@ def load(*paths: str | Path) -> Results:
             e = e.assign(trial_id=prefix + "/" + e["trial_id"])
         trials.append(t)
         epochs.append(e)
-        if (p / "steps.parquet").is_file():
-            s = pd.read_parquet(p / "steps.parquet")
-            if len(paths) > 1:
-                s = s.assign(trial_id=prefix + "/" + s["trial_id"])
-            steps.append(s)
+        for name, into in (("steps", steps), ("probes", probes), ("surfaces", surfaces)):
+            if (p / f"{name}.parquet").is_file():
+                s = pd.read_parquet(p / f"{name}.parquet")
+                if len(paths) > 1:
+                    s = s.assign(trial_id=prefix + "/" + s["trial_id"])
+                into.append(s)
     t = label_variants(pd.concat(trials, ignore_index=True))
     return Results(trials=t, epochs=pd.concat(epochs, ignore_index=True),
                    steps=pd.concat(steps, ignore_index=True) if steps else None,
+                   probes=pd.concat(probes, ignore_index=True) if probes else None,
+                   surfaces=pd.concat(surfaces, ignore_index=True) if surfaces else None,
                    specs=specs, paths=[str(p) for p in paths])
 
 

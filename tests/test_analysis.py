@@ -219,3 +219,27 @@ def test_study_reference_only_beside_its_own_dataset():
     fm = label_variants(trials.assign(dataset="fashion_mnist"))
     tab, _ = table.comparison_table(fm, epochs)
     assert tab["reference"].isna().all()  # the study's numbers are CIFAR-10 numbers
+
+
+def test_probes_exported_and_landscape_end_to_end(smoke_dir, tmp_path):
+    exp = tmp_path / "smoke"
+    shutil.copytree(smoke_dir, exp)
+    probes = pd.read_parquet(exp / "probes.parquet")
+    assert list(probes.columns[:2]) == ["trial_id", "step"]
+    assert {"eta", "loss", "grad_diff", "beta"} <= set(probes.columns)
+    assert len(probes) == 4 * (3 * 16 // 4) * 4  # trials x probes x etas
+    r = subprocess.run([sys.executable, "-m", "vggbn", "landscape", str(exp), "--resolution", "3",
+                        "--samples", "64"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    surf = pd.read_parquet(exp / "surfaces.parquet")
+    assert len(surf) == 4 * (3 + 9) and set(surf["kind"]) == {"1d", "2d"}
+    assert surf["loss"].notna().all() and surf["acc"].between(0, 1).all()
+    centre = surf[(surf["kind"] == "2d") & (surf["alpha"] == 0) & (surf["beta"] == 0)]
+    assert (centre["loss"] < surf.groupby("trial_id")["loss"].transform("max")[centre.index]).all()
+    rep = report(str(exp))
+    assert rep.returncode == 0, rep.stderr
+    md = (exp / "report" / "report.md").read_text()
+    for f in ("santurkar_fig4.png", "landscape_1d.png", "landscape_2d.png", "landscape_3d.png"):
+        assert (exp / "report" / "figures" / f).stat().st_size > 10_000, f
+        assert f"figures/{f}" in md
+    assert "Median effective β-smoothness" in md

@@ -1,4 +1,4 @@
-"""`vggbn train | presets | sweep | resume | export | report` (landscape joins with its issue).
+"""`vggbn train | presets | sweep | resume | export | report | landscape`.
 
 Errors for people: what went wrong and how to fix it on stderr, exit code 2, no traceback unless
 --debug.
@@ -129,7 +129,8 @@ def _summary_lines(summary: dict) -> str:
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary["status"].items()))
     wall = f" in {summary['wall_time_s']:.0f} s" if summary.get("wall_time_s") else ""
     return (f"{summary['trials']} trials ({counts}){wall}; exported trials.parquet, epochs.parquet"
-            + (", steps.parquet" if summary["steps"] else "") + f" to {summary['path']}")
+            + (", steps.parquet" if summary["steps"] else "")
+            + (", probes.parquet" if summary.get("probes") else "") + f" to {summary['path']}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -159,6 +160,35 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- report
+def _optimization_figures(results, figs: Path) -> list[tuple[str, Path, str]]:
+    """(title, png, caption) for the Santurkar probes and Li et al. surfaces, when the data is there."""
+    from analysis import plots
+
+    out = []
+    if results.probes is not None and len(results.probes):
+        out.append(("How BatchNorm helps optimisation (Santurkar et al. 2018, Fig. 4)",
+                    plots.save(plots.santurkar_triple(results.trials, results.probes),
+                               figs / "santurkar_fig4.png"),
+                    "At weights w with minibatch gradient g, for step sizes η (multiples of the "
+                    "current lr): (a) the band of L(w − ηg), (b) the band of ‖∇L(w − ηg) − ∇L(w)‖, "
+                    "(c) max over η of ‖∇L(w − ηg) − ∇L(w)‖ / ‖ηg‖. Same minibatch, BN in training "
+                    "mode as in the step."))
+    if results.surfaces is not None and len(results.surfaces):
+        s = results.surfaces
+        out.append(("Loss landscape, 1D (Li et al. 2018)",
+                    plots.save(plots.landscape_1d(results.trials, s), figs / "landscape_1d.png"),
+                    "Final checkpoints, one filter-normalised random direction; eval mode on a "
+                    "fixed subset of the training set."))
+        if (s["kind"] == "2d").any():
+            out.append(("Loss landscape, 2D (Li et al. 2018)",
+                        plots.save(plots.landscape_2d(results.trials, s), figs / "landscape_2d.png"),
+                        "Two filter-normalised directions; one colour scale for all panels."))
+            out.append(("Loss landscape, 3D",
+                        plots.save(plots.landscape_3d(results.trials, s), figs / "landscape_3d.png"),
+                        ""))
+    return out
+
+
 def _missing_trials(results) -> list[str]:
     """Grid combinations the spec asks for that have no trial in the export."""
     import itertools
@@ -173,7 +203,7 @@ def _missing_trials(results) -> list[str]:
         t = results.trials[results.trials["sweep"] == spec.get("name")]
         have = Counter(tuple(str(v) for v in row) for row in t[list(grid)].itertuples(index=False))
         want = Counter(tuple(str(v) for v in c) for c in itertools.product(*grid.values())
-                       for _ in range(spec.get("num_samples", 1)))
+                       for _ in range(spec.get("num_samples", 1) * max(1, len(spec.get("cases") or []))))
         for combo, n in (want - have).items():
             missing += [", ".join(f"{k}={v}" for k, v in zip(grid, combo))] * n
     return missing
@@ -223,7 +253,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     md += ["## Learning curves", "", f"![learning curves]({rel(fig)})", ""]
     swept = swept_keys(trials)
     if results.steps is not None and len(results.steps) and "lr" in swept and "bn" in swept:
-        fig = plots.save(plots.loss_band(trials, results.steps), figs / "loss_band.png")
+        band = trials
+        if "optimizer" in swept:  # the course's band: the optimizer run at the most learning rates
+            best = trials.groupby("optimizer")["lr"].nunique().idxmax()
+            band = trials[trials["optimizer"] == best]
+        fig = plots.save(plots.loss_band(band, results.steps[results.steps["trial_id"].isin(
+            band["trial_id"])]), figs / "loss_band.png")
         md += ["## Loss band (BN vs no BN, across learning rates)", "",
                "Per training step, the min and max of the training loss over the runs with "
                "different learning rates (the course's band, per step across runs).", "",
@@ -237,6 +272,13 @@ def cmd_report(args: argparse.Namespace) -> int:
             fig = plots.save(plots.hpo_progress(t, metric, spec.get("mode", "max"), params),
                              figs / f"hpo_{spec.get('name')}.png")
             md += [f"## Search: {spec.get('name')}", "", f"![search progress]({rel(fig)})", ""]
+    for title, png, caption in _optimization_figures(results, figs):
+        md += [f"## {title}", "", caption, "", f"![{title}]({rel(png)})", ""]
+    if results.probes is not None and len(results.probes):
+        beta = results.probes.groupby(["trial_id", "step"])["beta"].max().groupby("trial_id").median()
+        md += ["Median effective β-smoothness per trial (max over η at each probe):", ""]
+        md += [f"- {trials.set_index('trial_id').loc[t, 'label']}: {b:.3g}" for t, b in beta.items()]
+        md += [""]
     md += ["## Trials that did not complete", ""]
     if len(incomplete):
         cols = [c for c in ("trial_id", "label", "seed", "status", "epochs_run", "error")
@@ -267,6 +309,23 @@ def _md_table(df) -> str:
     rows += ["| " + " | ".join(str(v).replace("|", "/") for v in r) + " |"
              for r in df.itertuples(index=False)]
     return "\n".join(rows)
+
+
+def cmd_landscape(args: argparse.Namespace) -> int:
+    from analysis.results import load
+
+    from . import sweep
+
+    summary = sweep.landscape(args.path, trial_ids=args.trials, resolution=args.resolution,
+                              samples=args.samples, seed=args.seed, address=args.address)
+    results = load(args.path)
+    figs = Path(args.path) / "report" / "figures"
+    pngs = [png for _, png, _ in _optimization_figures(results, figs)]
+    print(f"surfaces of {summary['trials']} trials ({summary['points']} points) -> "
+          f"{Path(args.path) / 'surfaces.parquet'}; figures: {', '.join(str(p) for p in pngs)}"
+          + (f"; skipped (no checkpoint or diverged): {', '.join(summary['skipped'])}"
+             if summary["skipped"] else ""))
+    return 0
 
 
 # ---------------------------------------------------------------------- entry point
@@ -313,6 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--reference", help="CSV preset,reference_test_acc (default: the study's)")
     rp.add_argument("--out", help="output directory (default: <first path>/report)")
     rp.set_defaults(func=cmd_report)
+
+    ls = sub.add_parser("landscape", help="Li et al. loss surfaces around trials' final checkpoints")
+    ls.add_argument("path", help="a sweep directory, e.g. results/landscape")
+    ls.add_argument("--trials", nargs="+", help="trial ids (default: every trial with a checkpoint)")
+    ls.add_argument("--resolution", type=int, default=21, help="points per axis (default 21)")
+    ls.add_argument("--samples", type=int, default=2048, help="training images evaluated per point")
+    ls.add_argument("--seed", type=int, default=0, help="seed of the directions and the subset")
+    ls.add_argument("--address", help="a Ray cluster to spread the grid points over")
+    ls.set_defaults(func=cmd_landscape)
     return p
 
 

@@ -82,6 +82,16 @@ class TrialConfig(BaseModel):
     cpu_threads: int = Field(0, ge=0, le=1024, description="torch threads (0 = leave torch's "
                              "default; Ray sets it to the trial's CPUs)")
     record_steps: bool = Field(False, description="keep every step's training loss")
+    probe_every: int = Field(0, ge=0, description="Santurkar probes every N training steps (0 = off)")
+    probe_etas: tuple[float, ...] = Field((0.5, 1.0, 2.0, 4.0), min_length=1, description="probe "
+                                          "step sizes as multiples of the current learning rate")
+
+    @field_validator("probe_etas")
+    @classmethod
+    def _positive_etas(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(e <= 0 for e in v):
+            raise ValueError(f"every step-size multiple must be > 0 (got {list(v)})")
+        return v
 
     @field_validator("data_dir")
     @classmethod

@@ -2,7 +2,8 @@
 
 The only module that imports ray. A sweep's experiment lives in `<storage>/<name>/` (Ray's
 files, `spec.yaml`) and its export beside it: `trials.parquet`, `epochs.parquet`,
-`steps.parquet` (when steps were recorded). Those files are the interface for analysis.
+`steps.parquet` (when steps were recorded), `probes.parquet` (when probes were taken), and
+`surfaces.parquet` from `vggbn landscape`. Those files are the interface for analysis.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ class SweepSpec(BaseModel):
     metric: str = "test_acc"
     mode: Literal["max", "min"] = "max"
     base: dict[str, Any] = Field(default_factory=dict)
+    cases: list[dict[str, Any]] = Field(default_factory=list, description="explicit setups (TrialConfig "
+                                        "overrides of base), each crossed with the grid")
     space: dict[str, Dim] = Field(default_factory=dict)
     search: Literal["grid", "random", "optuna"] = "grid"
     seed: int | None = Field(0, description="seed of the random / Optuna TPE sampler")
@@ -139,6 +142,14 @@ class SweepSpec(BaseModel):
             base = TrialConfig.from_flat(self.base)
         except ConfigError as e:
             raise ValueError(f"base{': ' if str(e).startswith('unknown') else '.'}{e}") from None
+        for i, case in enumerate(self.cases):
+            try:
+                TrialConfig.from_flat({**self.base, **case})
+            except ConfigError as e:
+                raise ValueError(f"cases[{i}]: {e}") from None
+            both = sorted(set(case) & set(self.space))
+            if both:
+                raise ValueError(f"cases[{i}].{both[0]}: also in space; set it in one place")
         for key, dim in self.space.items():
             if key not in TrialConfig.model_fields:
                 raise ValueError(f"space.{key}: unknown TrialConfig key"
@@ -187,13 +198,14 @@ class SweepSpec(BaseModel):
     def trial_epochs(self) -> list[int]:
         if "epochs" in self.space:
             return [int(v) for v in self.space["epochs"].probe_values()]
-        return [TrialConfig.from_flat(self.base).epochs]
+        return [TrialConfig.from_flat({**self.base, **c}).epochs for c in self.cases or [{}]]
 
     def grid_dims(self) -> dict[str, list]:
         return {k: list(d.values) for k, d in self.space.items() if d.kind == "grid"}
 
     def trial_count(self) -> int:
-        return math.prod(len(v) for v in self.grid_dims().values()) * self.num_samples
+        return (math.prod(len(v) for v in self.grid_dims().values()) * self.num_samples
+                * max(1, len(self.cases)))
 
     def storage_uri(self) -> str:
         return self.storage if "://" in self.storage else str(Path(self.storage).absolute())
@@ -202,7 +214,20 @@ class SweepSpec(BaseModel):
         return f"{self.storage_uri().rstrip('/')}/{self.name}"
 
     def param_space(self) -> dict[str, Any]:
-        return {**self.base, **{k: d.to_tune() for k, d in self.space.items()}}
+        space = {**self.base, **{k: d.to_tune() for k, d in self.space.items()}}
+        if self.cases:
+            from ray import tune
+
+            space[CASE_KEY] = tune.grid_search([dict(c) for c in self.cases])
+        return space
+
+
+CASE_KEY = "_case"
+
+
+def flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray's trial config -> a flat TrialConfig dict (a case's keys override base's)."""
+    return {**{k: v for k, v in config.items() if k != CASE_KEY}, **(config.get(CASE_KEY) or {})}
 
 
 def _set_path(d: dict, path: str, value: Any) -> None:
@@ -264,9 +289,9 @@ def dry_run(spec: SweepSpec) -> str:
         lines.append("base: " + ", ".join(f"{k}={v}" for k, v in spec.base.items()))
     n = 0
     for _ in range(spec.num_samples):
-        for combo in combos:
+        for case, combo in itertools.product(spec.cases or [{}], combos):
             n += 1
-            flags = ", ".join(f"{k}={v}" for k, v in zip(grid, combo))
+            flags = ", ".join(f"{k}={v}" for k, v in [*case.items(), *zip(grid, combo)])
             flags += ("; " if flags and sampled else "") + ", ".join(
                 f"{k} ~ {d.describe()}" for k, d in sampled.items())
             lines.append(f"  {n:3d}  {flags}")
@@ -281,7 +306,7 @@ def vggbn_trial(config: dict[str, Any], checkpoint_every: int = 1) -> None:
 
     from .train import fit, provenance, resolve_device
 
-    cfg = TrialConfig.from_flat(config)  # an invalid config errors this trial alone
+    cfg = TrialConfig.from_flat(flat_config(config))  # an invalid config errors this trial alone
     resources = tune.get_context().get_trial_resources().required_resources
     if cfg.cpu_threads == 0:
         cfg = cfg.model_copy(update={"cpu_threads": max(1, int(resources.get("CPU", 1)))})
@@ -307,8 +332,9 @@ def vggbn_trial(config: dict[str, Any], checkpoint_every: int = 1) -> None:
                 {**meta, "params": sum(v.numel() for k, v in state["model"].items()
                                        if not k.endswith(("running_mean", "running_var",
                                                           "num_batches_tracked")))}))
-            if state["steps"]:
-                (Path(d) / "steps.json").write_text(json.dumps(state["steps"]))
+            for key in ("steps", "probes"):
+                if state[key]:
+                    (Path(d) / f"{key}.json").write_text(json.dumps(state[key]))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     fit(cfg, on_epoch=on_epoch, resume_state=resume_state)
@@ -327,7 +353,8 @@ def _reporter(spec: SweepSpec):
     metrics = ["epoch", "train_loss"]
     metrics += ["val_acc"] if spec.metric.startswith("val_") or "val_fraction" in spec.base else []
     metrics += ["test_acc"]
-    params = list(spec.space) or [k for k in ("preset", "seed") if k in spec.base]
+    params = list(spec.space) + sorted({f"{CASE_KEY}/{k}" for c in spec.cases for k in c})
+    params = params or [k for k in ("preset", "seed") if k in spec.base]
     return CLIReporter(parameter_columns=params, metric_columns=metrics, max_report_frequency=30,
                        sort_by_metric=False)
 
@@ -399,7 +426,7 @@ def prepare_data(spec: SweepSpec) -> SweepSpec:
     from . import data
 
     datasets = (list(spec.space["dataset"].values) if "dataset" in spec.space
-                else [TrialConfig.from_flat(spec.base).dataset])
+                else [TrialConfig.from_flat({**spec.base, **c}).dataset for c in spec.cases or [{}]])
     base = dict(spec.base)
     if any(d != "synthetic" for d in datasets) and not base.get("data_dir"):
         base["data_dir"] = data.default_data_dir()
@@ -482,18 +509,19 @@ def _trial_status(trial, last: dict, epochs: int) -> str:
     return "incomplete"
 
 
-def _read_checkpoint(ckpt) -> tuple[dict, list]:
+def _read_checkpoint(ckpt) -> tuple[dict, list, list]:
+    """(meta, steps, probes) from a trial checkpoint's JSON files."""
     if ckpt is None:
-        return {}, []
+        return {}, [], []
     try:
         with ckpt.as_directory() as d:
-            d = Path(d)
-            meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").is_file() else {}
-            steps = json.loads((d / "steps.json").read_text()) if (d / "steps.json").is_file() else []
-            return meta, steps
+            def read(name, default):
+                f = Path(d) / name
+                return json.loads(f.read_text()) if f.is_file() else default
+            return read("meta.json", {}), read("steps.json", []), read("probes.json", [])
     except Exception as e:  # an unreadable checkpoint must not stop the export
         warnings.warn(f"checkpoint {ckpt.path}: {e}", stacklevel=2)
-        return {}, []
+        return {}, [], []
 
 
 def export(path: str, wall_time_s: float | None = None) -> dict:
@@ -518,11 +546,11 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
         quiet.setLevel(level)
     driver = provenance()
     spec = _spec_of(path)
-    rows, epoch_frames, step_rows = [], [], []
+    rows, epoch_frames, step_rows, probe_rows = [], [], [], []
     for trial in ea.trials:
         tid = trial.trial_id
         try:
-            cfg = TrialConfig.from_flat(trial.config).to_flat()
+            cfg = TrialConfig.from_flat(flat_config(trial.config)).to_flat()
             epochs = cfg["epochs"]
         except ConfigError as e:
             cfg, epochs = dict(trial.config), 0
@@ -534,7 +562,7 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
         if "epoch" in df:
             df = df.drop_duplicates("epoch", keep="last").sort_values("epoch")
         last = df.iloc[-1].to_dict() if len(df) else {}
-        meta, steps = _read_checkpoint(trial.checkpoint)
+        meta, steps, probes = _read_checkpoint(trial.checkpoint)
         status = _trial_status(trial, last, epochs)
         sel = "val_acc" if "val_acc" in df and df["val_acc"].notna().any() else "test_acc"
         best = df.loc[df[sel].idxmax()].to_dict() if sel in df and df[sel].notna().any() else {}
@@ -553,6 +581,7 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
         if len(df):
             epoch_frames.append(df.assign(trial_id=tid))
         step_rows += [{"trial_id": tid, **s} for s in steps]
+        probe_rows += [{"trial_id": tid, **p} for p in probes]
 
     trials = pd.DataFrame(rows)
     fs, base = pafs.FileSystem.from_uri(uri)
@@ -571,9 +600,11 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
     write(epochs_df[cols], "epochs.parquet")
     if step_rows:
         write(pd.DataFrame(step_rows), "steps.parquet")
+    if probe_rows:
+        write(pd.DataFrame(probe_rows), "probes.parquet")
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     return {"path": uri, "trials": len(trials), "status": counts, "wall_time_s": wall_time_s,
-            "steps": len(step_rows)}
+            "steps": len(step_rows), "probes": len(probe_rows)}
 
 
 def _error_text(trial) -> str | None:
@@ -585,3 +616,63 @@ def _error_text(trial) -> str | None:
         return lines[-1].strip()[:500] if lines else None
     except Exception:
         return None
+
+
+# ---------------------------------------------------------------------- landscape
+def _ray_map(fn, args: tuple, parts: list) -> list:
+    """Run fn(*args, part) for each part as Ray tasks; the shared args go to the object store once."""
+    import ray
+
+    refs = [ray.put(a) for a in args]
+    task = ray.remote(num_cpus=1)(fn)
+    return ray.get([task.remote(*refs, part) for part in parts])
+
+
+def landscape(path: str, *, trial_ids: list[str] | None = None, resolution: int = 21,
+              samples: int = 2048, seed: int = 0, address: str | None = None) -> dict:
+    """Li et al. surfaces around the final checkpoint of each (chosen) trial -> surfaces.parquet.
+    Grid points run as Ray tasks when a cluster is given (--address / RAY_ADDRESS)."""
+    import pandas as pd
+    import pyarrow.fs as pafs
+    import torch
+    from ray.tune import ExperimentAnalysis
+
+    from .landscape import surfaces
+
+    uri = path if "://" in path else str(Path(path).absolute())
+    _spec_of(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ea = ExperimentAnalysis(uri)
+    map_chunks = None
+    if address or os.environ.get("RAY_ADDRESS"):
+        _init_ray(address)
+        map_chunks = _ray_map
+    known = {t.trial_id for t in ea.trials}
+    unknown = sorted(set(trial_ids or []) - known)
+    if unknown:
+        raise SweepSpecError(f"{path}: no trial {', '.join(unknown)} (trials: {', '.join(sorted(known))})")
+    frames, skipped = [], []
+    for trial in ea.trials:
+        if trial_ids and trial.trial_id not in trial_ids:
+            continue
+        last = trial.last_result or {}
+        if trial.checkpoint is None or last.get("diverged"):
+            skipped.append(trial.trial_id)
+            continue
+        with trial.checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", weights_only=False, map_location="cpu")
+        cfg = TrialConfig.from_flat(flat_config(trial.config)).to_flat()
+        df = surfaces(cfg, state["model"], resolution=resolution, samples=samples, seed=seed,
+                      map_chunks=map_chunks)
+        frames.append(df.assign(trial_id=trial.trial_id, epoch=state["epoch"]))
+    if not frames:
+        raise SweepSpecError(f"{path}: no trial with a usable checkpoint (skipped: {', '.join(skipped)})")
+    out = pd.concat(frames, ignore_index=True)
+    fs, base = pafs.FileSystem.from_uri(uri)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pandas(out, preserve_index=False), f"{base}/surfaces.parquet",
+                   filesystem=fs)
+    return {"path": uri, "trials": len(frames), "skipped": skipped, "points": len(out)}

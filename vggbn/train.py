@@ -26,6 +26,7 @@ from torch import nn
 from .config import ConfigError, TrialConfig
 from .data import DeviceData, load
 from .models import build_model, count_params
+from .probes import probe, rng_state
 
 OnEpoch = Callable[[dict[str, Any], dict[str, Any]], None]
 
@@ -182,6 +183,7 @@ def fit(cfg: TrialConfig | dict[str, Any], on_epoch: OnEpoch | None = None,
 
     history: list[dict[str, Any]] = []
     steps: list[dict[str, Any]] = []
+    probes: list[dict[str, Any]] = []
     start_epoch = 0
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
@@ -193,6 +195,7 @@ def fit(cfg: TrialConfig | dict[str, Any], on_epoch: OnEpoch | None = None,
         gen.set_state(resume_state["rng"]["data"])
         history = list(resume_state["history"])
         steps = list(resume_state.get("steps", []))
+        probes = list(resume_state.get("probes", []))
         start_epoch = resume_state["epoch"]
 
     diverged = bool(history and history[-1]["diverged"])
@@ -203,13 +206,22 @@ def fit(cfg: TrialConfig | dict[str, Any], on_epoch: OnEpoch | None = None,
         model.train()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        step_losses = []
-        for x, y in data.train_batches(cfg.batch_size, gen, cfg.augment):
+        step_losses, probe_rows = [], []
+        first_step = (epoch - 1) * spe
+        for i, (x, y) in enumerate(data.train_batches(cfg.batch_size, gen, cfg.augment)):
+            probing = cfg.probe_every > 0 and (first_step + i + 1) % cfg.probe_every == 0
+            if probing:
+                rng0 = rng_state(device)  # the probes replay this step's dropout masks
             with amp():
                 out = net(x)
                 loss = criterion(out, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if probing:
+                lr_now = cfg.lr * lr_factor(cfg, first_step + i, spe)
+                rows = probe(net, lambda m, x=x, y=y: criterion(m(x), y), lr_now, cfg.probe_etas,
+                             rng0, amp)
+                probe_rows.append((first_step + i + 1, lr_now, loss.detach(), rows))
             opt.step()
             sched.step()
             # running sums stay on the device: no host sync per step
@@ -228,7 +240,6 @@ def fit(cfg: TrialConfig | dict[str, Any], on_epoch: OnEpoch | None = None,
                                                                cfg.eval_batch_size, amp)
         metrics["test_loss"], metrics["test_acc"] = evaluate(net, data, data.test,
                                                              cfg.eval_batch_size, amp)
-        first_step = (epoch - 1) * spe
         metrics["lr"] = cfg.lr * lr_factor(cfg, first_step + spe - 1, spe)
         metrics["epoch_time_s"] = time.perf_counter() - t0
         metrics["images_per_s"] = n_seen / train_time
@@ -239,19 +250,25 @@ def fit(cfg: TrialConfig | dict[str, Any], on_epoch: OnEpoch | None = None,
             steps += [{"step": first_step + i + 1, "epoch": epoch, "train_loss": v,
                        "lr": cfg.lr * lr_factor(cfg, first_step + i, spe)}
                       for i, v in enumerate(values)]
+        for step, lr_now, base, rows in probe_rows:  # host transfers at the epoch's end
+            probes += [{"step": step, "epoch": epoch, "eta": m * lr_now, "eta_mult": m,
+                        "base_loss": float(base), "loss": r[1], "grad_diff": r[2], "beta": r[3]}
+                       for m, r in zip(cfg.probe_etas, rows.double().cpu().tolist())]
         if on_epoch is not None:
             state = {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                      "scheduler": sched.state_dict(),
                      "rng": {"torch": torch.get_rng_state(), "data": gen.get_state(),
                              "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda"
                              else None},
-                     "history": history, "steps": steps, "config": cfg.to_flat()}
+                     "history": history, "steps": steps, "probes": probes,
+                     "config": cfg.to_flat()}
             on_epoch(metrics, state)
-    return summarize(cfg, history, steps, model=model, device=device,
+    return summarize(cfg, history, steps, probes, model=model, device=device,
                      wall_time_s=time.perf_counter() - t_start)
 
 
-def summarize(cfg: TrialConfig, history: list[dict], steps: list[dict], *, model: nn.Module,
+def summarize(cfg: TrialConfig, history: list[dict], steps: list[dict], probes: list[dict], *,
+              model: nn.Module,
               device: torch.device, wall_time_s: float) -> dict[str, Any]:
     """Final metrics, best epoch (by val_acc when there is a split, else test_acc), history."""
     final = dict(history[-1]) if history else {}
@@ -261,7 +278,7 @@ def summarize(cfg: TrialConfig, history: list[dict], steps: list[dict], *, model
     result = {**final, "best_epoch": best.get("epoch"), "best_test_acc": best.get("test_acc"),
               "params": count_params(model), "diverged": bool(final.get("diverged", False)),
               "device": str(device), "wall_time_s": wall_time_s, "history": history,
-              "steps": steps}
+              "steps": steps, "probes": probes}
     if key == "val_acc":
         result["best_val_acc"] = best.get("val_acc")
     return result
