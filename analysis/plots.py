@@ -104,7 +104,7 @@ def loss_band(trials: pd.DataFrame, steps: pd.DataFrame, across: str = "lr", by:
     (learning rates), one band per value of `by` (BN off / on), on one axes."""
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(8, 4))
-        s = steps.merge(trials[["trial_id", across, by]], on="trial_id")
+        s = steps.drop(columns=[across, by], errors="ignore").merge(trials[["trial_id", across, by]], on="trial_id")
         for color, (val, g) in zip(("#d95f02", "#1b9e77", "#7570b3", "#e7298a"), s.groupby(by)):
             band = g.groupby("step")["train_loss"].agg(["min", "max"])
             if smooth > 1:
@@ -169,13 +169,29 @@ def _bn_name(trials: pd.DataFrame, tid: str) -> str:
     return f"{name} ({', '.join(extra)})"
 
 
-def santurkar_triple(trials: pd.DataFrame, probes: pd.DataFrame, smooth: int = 5):
+def bn_pairs(trials: pd.DataFrame, ids: list[str], max_pairs: int = 2) -> list[str]:
+    """Trials that differ only in BN, in pairs (the first `max_pairs` setups in trial order);
+    all of `ids` when no such pairs exist."""
+    from .results import swept_keys
+
+    t = trials[trials["trial_id"].isin(ids)].sort_values("trial_id")
+    keys = [k for k in swept_keys(t) if k not in ("bn", "seed")]
+    pairs = []
+    for _, g in (t.groupby([t[k].map(str) for k in keys], sort=False) if keys else [(None, t)]):
+        if g["bn"].astype(bool).nunique() == 2:
+            pairs += [g[g["bn"].astype(bool) == v]["trial_id"].iloc[0] for v in (False, True)]
+        if len(pairs) >= 2 * max_pairs:
+            break
+    return pairs or list(ids)
+
+
+def santurkar_triple(trials: pd.DataFrame, probes: pd.DataFrame, smooth: int = 5, max_pairs: int = 2):
     """Santurkar et al. Fig. 4: loss landscape band, gradient predictiveness band and effective
     β-smoothness against the training step, BN vs no BN on shared axes. Bands are min–max over the
     probe step sizes η; smoothed over `smooth` probes (raw values as faint lines)."""
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-        tids = list(dict.fromkeys(probes["trial_id"]))
+        tids = bn_pairs(trials, list(dict.fromkeys(probes["trial_id"])), max_pairs)
         bn_of = trials.set_index("trial_id")["bn"].astype(bool).to_dict()
         tids.sort(key=lambda t: (bn_of.get(t, False), t))
         palette = {False: ["#d95f02", "#e6ab02", "#a6761d", "#e7298a"],
@@ -218,7 +234,8 @@ def landscape_1d(trials: pd.DataFrame, surf: pd.DataFrame):
         fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.8))
         s1 = surf[surf["kind"] == "1d"]
         bn_of = trials.set_index("trial_id")["bn"].astype(bool).to_dict()
-        for tid, g in s1.groupby("trial_id"):
+        for tid in surface_trials(trials, s1, 3):
+            g = s1[s1["trial_id"] == tid]
             style = "-" if bn_of.get(tid) else "--"
             label = _bn_name(trials, tid)
             ax_l.plot(g["alpha"], g["loss"], style, label=label)
@@ -232,16 +249,30 @@ def landscape_1d(trials: pd.DataFrame, surf: pd.DataFrame):
     return fig
 
 
-def _grids(surf: pd.DataFrame):
+def surface_trials(trials: pd.DataFrame, surf: pd.DataFrame, per_bn: int) -> list[str]:
+    """At most `per_bn` trials with surfaces for each BN value, in trial order (a sweep's first
+    setup first), so that BN and no-BN stand side by side."""
+    bn_of = trials.set_index("trial_id")["bn"].astype(bool).to_dict()
+    chosen: dict[bool, list[str]] = {False: [], True: []}
+    for tid in sorted(surf["trial_id"].unique()):
+        group = chosen[bn_of.get(tid, False)]
+        if len(group) < per_bn:
+            group.append(tid)
+    return [t for pair in zip(chosen[False], chosen[True]) for t in pair] + \
+        chosen[False][len(chosen[True]):] + chosen[True][len(chosen[False]):]
+
+
+def _grids(surf: pd.DataFrame, trials: pd.DataFrame, per_bn: int = 2):
     s2 = surf[surf["kind"] == "2d"]
-    for tid, g in s2.groupby("trial_id"):
+    for tid in surface_trials(trials, s2, per_bn):
+        g = s2[s2["trial_id"] == tid]
         piv = g.pivot_table(index="beta", columns="alpha", values="loss")
         yield tid, piv.columns.to_numpy(), piv.index.to_numpy(), piv.to_numpy()
 
 
 def landscape_2d(trials: pd.DataFrame, surf: pd.DataFrame):
     """Li et al. 2D contour maps side by side on one colour scale (log10 of the loss)."""
-    grids = list(_grids(surf))
+    grids = list(_grids(surf, trials))
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids) + 1, 4), squeeze=False)
         z_all = np.log10(np.concatenate([z.ravel() for *_, z in grids]))
@@ -259,7 +290,7 @@ def landscape_2d(trials: pd.DataFrame, surf: pd.DataFrame):
 
 
 def landscape_3d(trials: pd.DataFrame, surf: pd.DataFrame):
-    grids = list(_grids(surf))
+    grids = list(_grids(surf, trials))
     with plt.rc_context(STYLE):
         fig = plt.figure(figsize=(4.5 * len(grids), 4))
         zmax = max(np.nanmax(z) for *_, z in grids)

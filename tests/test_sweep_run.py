@@ -192,3 +192,14 @@ def test_driver_killed_then_resume_completes_without_rerunning(tmp_path):
     assert len(e) == 10 * 4 and not e.duplicated(["trial_id", "epoch"]).any()
     t = pd.read_parquet(exp / "trials.parquet")
     assert set(t["status"]) == {"completed"} and len(t) == 10
+
+
+def test_cases_are_crossed_with_the_grid(tmp_path, ray_local):
+    spec = spec_of(tmp_path, cases=[{"lr": 1e-3}, {"lr": 2e-3, "optimizer": "adamw"}],
+                   space={"bn": {"grid": [False, True]}})
+    assert spec.trial_count() == 4
+    summary = run_sweep(spec)
+    t = pd.read_parquet(Path(summary["path"]) / "trials.parquet")
+    assert "_case" not in t.columns and set(t["status"]) == {"completed"}
+    assert sorted(zip(t["optimizer"], t["lr"], t["bn"])) == [
+        ("adam", 1e-3, False), ("adam", 1e-3, True), ("adamw", 2e-3, False), ("adamw", 2e-3, True)]

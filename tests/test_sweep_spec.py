@@ -121,3 +121,10 @@ def test_cli_bad_spec_exits_2(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert str(path) in r.stderr and "test set" in r.stderr
+
+
+def test_bad_case_is_rejected(tmp_path):
+    with pytest.raises(SweepSpecError, match=r"cases\[1\]: .*dropout"):
+        load_spec(write(tmp_path, with_(cases=[{"lr": 0.1}, {"dropout": 3}])))
+    with pytest.raises(SweepSpecError, match=r"cases\[0\]\.bn: also in space"):
+        load_spec(write(tmp_path, with_(cases=[{"bn": True}])))

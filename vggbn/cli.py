@@ -316,6 +316,9 @@ def cmd_landscape(args: argparse.Namespace) -> int:
 
     from . import sweep
 
+    if not (Path(args.path) / "trials.parquet").is_file():
+        raise UsageError(f"{args.path}: no trials.parquet here.\nFix: run the sweep to its end "
+                         f"(`vggbn resume {args.path}`) or `vggbn export {args.path}` first.")
     summary = sweep.landscape(args.path, trial_ids=args.trials, resolution=args.resolution,
                               samples=args.samples, seed=args.seed, address=args.address)
     results = load(args.path)

@@ -353,7 +353,8 @@ def _reporter(spec: SweepSpec):
     metrics = ["epoch", "train_loss"]
     metrics += ["val_acc"] if spec.metric.startswith("val_") or "val_fraction" in spec.base else []
     metrics += ["test_acc"]
-    params = list(spec.space) + sorted({f"{CASE_KEY}/{k}" for c in spec.cases for k in c})
+    common = set.intersection(*(set(c) for c in spec.cases)) if spec.cases else set()
+    params = list(spec.space) + sorted(f"{CASE_KEY}/{k}" for k in common)  # keys every case sets
     params = params or [k for k in ("preset", "seed") if k in spec.base]
     return CLIReporter(parameter_columns=params, metric_columns=metrics, max_report_frequency=30,
                        sort_by_metric=False)
