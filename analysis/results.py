@@ -66,10 +66,15 @@ def load(*paths: str | Path) -> Results:
                     s = s.assign(trial_id=prefix + "/" + s["trial_id"])
                 into.append(s)
     t = label_variants(pd.concat(trials, ignore_index=True))
-    return Results(trials=t, epochs=pd.concat(epochs, ignore_index=True),
-                   steps=pd.concat(steps, ignore_index=True) if steps else None,
-                   probes=pd.concat(probes, ignore_index=True) if probes else None,
-                   surfaces=pd.concat(surfaces, ignore_index=True) if surfaces else None,
+
+    def known(frames: list) -> pd.DataFrame | None:  # rows of trials the trials table knows
+        if not frames:
+            return None
+        df = pd.concat(frames, ignore_index=True)
+        return df[df["trial_id"].isin(t["trial_id"])].reset_index(drop=True)
+
+    return Results(trials=t, epochs=known(epochs), steps=known(steps), probes=known(probes),
+                   surfaces=known(surfaces),
                    specs=specs, paths=[str(p) for p in paths])
 
 
