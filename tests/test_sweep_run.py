@@ -203,3 +203,19 @@ def test_cases_are_crossed_with_the_grid(tmp_path, ray_local):
     assert "_case" not in t.columns and set(t["status"]) == {"completed"}
     assert sorted(zip(t["optimizer"], t["lr"], t["bn"])) == [
         ("adam", 1e-3, False), ("adam", 1e-3, True), ("adamw", 2e-3, False), ("adamw", 2e-3, True)]
+
+
+def test_surface_points_as_ray_tasks_equal_in_process(ray_local):
+    """The grid points are independent: Ray tasks give exactly the in-process numbers."""
+    from vggbn.landscape import surfaces
+    from vggbn.models import build_model
+    from vggbn.sweep import _ray_map
+
+    cfg = TrialConfig.from_flat({"dataset": "synthetic", "synthetic_size": 256, "width": 0.0625,
+                                 "bn": True})
+    weights = build_model(cfg, 3, 10).state_dict()
+    kw = dict(resolution=3, samples=64, seed=1)
+    local = surfaces(cfg.to_flat(), weights, **kw)
+    remote = surfaces(cfg.to_flat(), weights, map_chunks=_ray_map, **kw)
+    pd.testing.assert_frame_equal(local, remote)
+    assert len(local) == 3 + 9
