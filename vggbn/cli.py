@@ -35,7 +35,7 @@ def parse_sets(items: list[str] | None, where: str = "--set") -> dict[str, Any]:
             parsed = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError:
             parsed = value
-        out[key.strip()] = value if isinstance(parsed, (dict,)) else parsed
+        out[key.strip()] = parsed
     return out
 
 
