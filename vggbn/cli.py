@@ -130,7 +130,9 @@ def _summary_lines(summary: dict) -> str:
     wall = f" in {summary['wall_time_s']:.0f} s" if summary.get("wall_time_s") else ""
     return (f"{summary['trials']} trials ({counts}){wall}; exported trials.parquet, epochs.parquet"
             + (", steps.parquet" if summary["steps"] else "")
-            + (", probes.parquet" if summary.get("probes") else "") + f" to {summary['path']}")
+            + (", probes.parquet" if summary.get("probes") else "") + f" to {summary['path']}"
+            + "".join(f"\n  errored {t}: {e}" for t, e in sorted(summary.get("errors", {}).items()))
+            + "".join(f"\n  restored {t}: {n}" for t, n in sorted(summary.get("restore_notes", {}).items())))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

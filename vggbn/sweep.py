@@ -105,6 +105,10 @@ class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cpu: float = Field(1.0, gt=0, description="CPUs per trial (also its torch threads)")
     gpu: float = Field(0.0, ge=0, description="GPUs per trial; a fraction packs trials on one GPU")
+    memory_gb: float = Field(0.0, ge=0, description="host RAM per trial in GiB (0 = no reservation): "
+                             "Ray schedules by it and a CPU trial is capped to it, so a trial that "
+                             "outgrows it errors alone instead of the kernel's OOM killer taking "
+                             "the node's other trials")
 
     @model_validator(mode="after")
     def _whole_gpus(self):
@@ -299,8 +303,134 @@ def dry_run(spec: SweepSpec) -> str:
 
 
 # ---------------------------------------------------------------------- the trainable
+class TrialOutOfMemory(RuntimeError):
+    """A trial ran out of (GPU or host) memory: one line saying where, with what, and the fix."""
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def _oom_message(cfg: TrialConfig, device, e: BaseException, resources: dict) -> str:
+    import torch
+
+    what = " ".join(str(e).split())
+    what = what[what.find("DefaultCPUAllocator"):] if "DefaultCPUAllocator" in what else what
+    if device.type == "cuda":
+        share = resources.get("GPU", 0)
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        budget = f"resources.gpu={share or 1:g} of {total:.1f} GiB"
+        more = "give each trial a larger resources.gpu (fewer trials per GPU)"
+    else:
+        mem = resources.get("memory", 0)
+        budget = f"resources.memory_gb={mem / 2**30:g}" if mem else "resources.memory_gb unset"
+        more = "raise resources.memory_gb" if mem else "run fewer trials per node"
+    bf16 = ", use precision=bf16" if cfg.precision == "fp32" else ""
+    return (f"out of memory on {device} ({budget}; batch_size={cfg.batch_size}, "
+            f"eval_batch_size={cfg.eval_batch_size}, arch={cfg.arch}, width={cfg.width:g}, "
+            f"precision={cfg.precision}): {what[:300]}. Fix: lower batch_size, eval_batch_size or "
+            f"width{bf16}, or {more}. Only this trial stopped.")
+
+
+def _cap_host_memory(nbytes: int) -> None:
+    """Cap this process's private memory (RLIMIT_DATA) at what it uses now + nbytes, so a too-big
+    CPU trial gets a clean allocation error. nbytes 0 lifts an earlier trial's cap (reused actors)."""
+    try:
+        import resource
+    except ImportError:  # not on Linux/macOS: Ray's reservation still applies
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if not nbytes:
+        resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
+        return
+    try:
+        status = Path("/proc/self/status").read_text()
+        used = int(status.split("VmData:")[1].split()[0]) * 1024
+    except (OSError, IndexError, ValueError):
+        return
+    soft = used + int(nbytes)
+    resource.setrlimit(resource.RLIMIT_DATA, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_state(fs, ckpt_path: str) -> dict:
+    """One checkpoint's training state, checked against the sha256 written beside it."""
+    import hashlib
+    import io
+
+    import torch
+
+    with fs.open_input_stream(f"{ckpt_path}/meta.json") as f:
+        meta = json.loads(f.read().decode())
+    with fs.open_input_stream(f"{ckpt_path}/state.pt") as f:
+        raw = f.read()
+    want = meta.get("state_sha256")
+    if want and hashlib.sha256(raw).hexdigest() != want:
+        raise ValueError(f"state.pt is damaged ({len(raw)} bytes, sha256 does not match meta.json)")
+    return torch.load(io.BytesIO(raw), weights_only=False, map_location="cpu")
+
+
+def _resume_state(ckpt) -> dict | None:
+    """The state of the newest readable checkpoint, from Ray's latest back through the older ones
+    it keeps (keep_checkpoints). A corrupt or half-written one is skipped with a warning, and a
+    restore-*.json note beside the trial's checkpoints says so (the export reads it); with none
+    readable the trial restarts from epoch 0."""
+    import pyarrow.fs as pafs
+
+    fs, latest = ckpt.filesystem, ckpt.path.rstrip("/")
+    trial_dir, name = latest.rsplit("/", 1)
+    try:
+        found = fs.get_file_info(pafs.FileSelector(trial_dir))
+        older = sorted((i.path for i in found if i.type == pafs.FileType.Directory
+                        and i.base_name.startswith("checkpoint_") and i.base_name < name), reverse=True)
+    except OSError:
+        older = []
+    bad = []
+    for path in [latest, *older]:
+        try:
+            state = _load_state(fs, path)
+        except Exception as e:  # any unreadable checkpoint: try the previous one
+            bad.append(f"{path.rsplit('/', 1)[1]}: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+            continue
+        if bad:
+            _restore_note(fs, trial_dir, bad, path.rsplit("/", 1)[1], state.get("epoch"))
+        return state
+    _restore_note(fs, trial_dir, bad, None, 0)
+    return None
+
+
+def _restore_note(fs, trial_dir: str, bad: list[str], used: str | None, epoch) -> None:
+    text = (f"unreadable checkpoint(s) {'; '.join(bad)}; "
+            + (f"resumed from {used} (epoch {epoch})" if used else "no readable checkpoint: restarted from epoch 0"))
+    warnings.warn(f"vggbn: {text}", stacklevel=2)
+    logging.getLogger("vggbn").warning(text)
+    try:
+        with fs.open_output_stream(f"{trial_dir}/restore-{time.time_ns()}.json") as f:
+            f.write(json.dumps({"time": time.time(), "unreadable": bad, "resumed_from": used,
+                                "epoch": epoch, "note": text}).encode())
+    except OSError:
+        pass
+
+
 def vggbn_trial(config: dict[str, Any], checkpoint_every: int = 1) -> None:
     """One Ray Tune trial: TrialConfig from Ray's dict, fit, report every epoch, checkpoint."""
+    import gc
+
+    import ray
     import torch
     from ray import tune
 
@@ -314,14 +444,14 @@ def vggbn_trial(config: dict[str, Any], checkpoint_every: int = 1) -> None:
     gpu = resources.get("GPU", 0)
     if device.type == "cuda" and 0 < gpu < 1:  # packed trials: each keeps to its share
         torch.cuda.set_per_process_memory_fraction(gpu, device)
-    resume_state = None
+    _cap_host_memory(int(resources.get("memory", 0)) if device.type == "cpu" else 0)
     ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            resume_state = torch.load(Path(d) / "state.pt", weights_only=False, map_location="cpu")
+    resume_state = _resume_state(ckpt) if ckpt is not None else None
     meta = {"provenance": provenance(device)}
+    node_id = ray.get_runtime_context().get_node_id()
 
     def on_epoch(metrics: dict, state: dict) -> None:
+        metrics = {**metrics, "node_id": node_id}  # which node ran each epoch (spot losses show)
         last = metrics["epoch"] >= cfg.epochs or metrics["diverged"]
         if metrics["epoch"] % checkpoint_every and not last:
             tune.report(metrics)
@@ -329,22 +459,36 @@ def vggbn_trial(config: dict[str, Any], checkpoint_every: int = 1) -> None:
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, Path(d) / "state.pt")
             (Path(d) / "meta.json").write_text(json.dumps(
-                {**meta, "params": sum(v.numel() for k, v in state["model"].items()
-                                       if not k.endswith(("running_mean", "running_var",
-                                                          "num_batches_tracked")))}))
+                {**meta, "epoch": metrics["epoch"], "state_sha256": _sha256(Path(d) / "state.pt"),
+                 "params": sum(v.numel() for k, v in state["model"].items()
+                               if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))}))
             for key in ("steps", "probes"):
                 if state[key]:
                     (Path(d) / f"{key}.json").write_text(json.dumps(state[key]))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    fit(cfg, on_epoch=on_epoch, resume_state=resume_state)
+    oom = None
+    try:
+        fit(cfg, on_epoch=on_epoch, resume_state=resume_state)
+    except Exception as e:
+        if not _is_oom(e):
+            raise
+        oom = _oom_message(cfg, device, e, resources)
+    if oom:  # raised outside the except block, so the failed step's tensors can be freed first
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise TrialOutOfMemory(oom)
 
 
 def _trainable(spec: SweepSpec):
     from ray import tune
 
     fn = tune.with_parameters(vggbn_trial, checkpoint_every=spec.checkpoint_every)
-    return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    res = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    if spec.resources.memory_gb:
+        res["memory"] = int(spec.resources.memory_gb * 2**30)
+    return tune.with_resources(fn, res)
 
 
 def _reporter(spec: SweepSpec):
@@ -360,15 +504,100 @@ def _reporter(spec: SweepSpec):
                        sort_by_metric=False)
 
 
+# ---------------------------------------------------------------------- ASHA across a resume
+def _define_ray_classes() -> None:
+    """ASHA whose rung records survive a resume. Ray 2.60 leaves the scheduler out of the
+    experiment checkpoint, so a restored ASHA starts with empty rungs and promotes or stops
+    differently. The state rides in a Tune Callback's get_state/set_state instead: Ray saves it
+    in the same snapshot as the trials' states (consistent with them) and restores it before the
+    trials are re-added. Scheduler and callback are pickled together into tuner.pkl, so after
+    Tuner.restore the callback still holds the very scheduler the controller uses.
+    Defined on first use (module __getattr__) so importing vggbn.sweep does not import Ray."""
+    from ray.tune import Callback
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+    def snapshot_errored(tune_controller, trial) -> None:
+        # Ray 2.60 re-serialises a trial into the experiment snapshot only when it is marked; a
+        # trial whose node died is no longer tracked with an actor, so its final ERROR is never
+        # marked and the snapshot keeps it RUNNING (export said "incomplete", resume re-ran it).
+        # on_trial_error comes just before the status change; the snapshot is written after it.
+        mark = getattr(tune_controller, "_mark_trial_to_checkpoint", None)
+        if mark is not None:
+            mark(trial)
+
+    class FIFO(FIFOScheduler):
+        def on_trial_error(self, tune_controller, trial) -> None:
+            super().on_trial_error(tune_controller, trial)
+            snapshot_errored(tune_controller, trial)
+
+    class PersistentASHA(ASHAScheduler):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self._stopped: set[str] = set()  # decided STOP: stays stopped if re-run after a crash
+
+        def state(self) -> dict:
+            return {"rungs": [[[m, dict(rec)] for m, rec in b._rungs] for b in self._brackets],
+                    "trial_bracket": {t: self._brackets.index(b) for t, b in self._trial_info.items()},
+                    "stopped": sorted(self._stopped), "num_stopped": self._num_stopped}
+
+        def load(self, state: dict) -> None:
+            for b, rungs in zip(self._brackets, state["rungs"]):
+                for (milestone, rec), (m, saved) in zip(b._rungs, rungs):
+                    if milestone != m:
+                        raise ValueError(f"ASHA rung {m} in the saved state, {milestone} in the spec")
+                    rec.clear()
+                    rec.update(saved)
+            self._trial_info = {t: self._brackets[i] for t, i in state["trial_bracket"].items()}
+            self._stopped = set(state["stopped"])
+            self._num_stopped = state["num_stopped"]
+
+        def on_trial_add(self, tune_controller, trial) -> None:
+            if trial.trial_id not in self._trial_info:  # a restored or retried trial keeps its bracket
+                super().on_trial_add(tune_controller, trial)
+
+        def on_trial_error(self, tune_controller, trial) -> None:
+            super().on_trial_error(tune_controller, trial)
+            snapshot_errored(tune_controller, trial)
+
+        def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+            if trial.trial_id in self._stopped:
+                return TrialScheduler.STOP
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action == TrialScheduler.STOP:
+                self._stopped.add(trial.trial_id)
+            return action
+
+    class SchedulerState(Callback):
+        def __init__(self, scheduler: PersistentASHA):
+            self.scheduler = scheduler
+
+        def get_state(self) -> dict:
+            return {"asha": self.scheduler.state()}
+
+        def set_state(self, state: dict) -> None:
+            self.scheduler.load(state["asha"])
+
+    for cls in (FIFO, PersistentASHA, SchedulerState):
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__  # pickled by reference
+        globals()[cls.__name__] = cls
+
+
+def __getattr__(name: str):
+    if name in ("FIFO", "PersistentASHA", "SchedulerState"):
+        _define_ray_classes()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def build_tuner(spec: SweepSpec):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    scheduler = None
+    scheduler, callbacks = __getattr__("FIFO")(), []
     if spec.scheduler.type == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.scheduler.max_t or max(spec.trial_epochs()),
-                                  grace_period=spec.scheduler.grace_period,
-                                  reduction_factor=spec.scheduler.reduction_factor)
+        scheduler = __getattr__("PersistentASHA")(
+            time_attr="epoch", max_t=spec.scheduler.max_t or max(spec.trial_epochs()),
+            grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
+        callbacks.append(__getattr__("SchedulerState")(scheduler))
     search_alg = None
     if spec.search == "optuna":
         import optuna
@@ -391,7 +620,7 @@ def build_tuner(spec: SweepSpec):
             name=spec.name, storage_path=spec.storage_uri(),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
-            progress_reporter=_reporter(spec), verbose=1),
+            callbacks=callbacks, progress_reporter=_reporter(spec), verbose=1),
     )
 
 
@@ -450,6 +679,19 @@ def _write_text(uri: str, text: str) -> None:
         f.write(text.encode())
 
 
+def _wait_for_final_upload(timeout: float = 600.0) -> None:
+    """Wait for Ray's last upload of the experiment state to storage. In Ray 2.60 the snapshot
+    forced at the end of fit() waits for the previous upload, then starts the last one in a
+    daemon thread that nothing joins: an export right after fit() could read the state before
+    it, and a process that exits at once could leave a stale state in S3."""
+    import threading
+
+    for t in threading.enumerate():
+        target = getattr(t, "_target", None)
+        if t is not threading.current_thread() and "_BackgroundProcess" in getattr(target, "__qualname__", ""):
+            t.join(timeout)
+
+
 def run_sweep(spec: SweepSpec, *, address: str | None = None, prepare: bool = True) -> dict:
     """Run a sweep to the end, then export. Returns the export's summary."""
     if _experiment_exists(spec.experiment_path()):
@@ -464,6 +706,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, prepare: bool = Tr
                 yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     t0 = time.time()
     build_tuner(spec).fit()
+    _wait_for_final_upload()
     return export(spec.experiment_path(), wall_time_s=time.time() - t0)
 
 
@@ -479,6 +722,7 @@ def resume_sweep(path: str, *, address: str | None = None) -> dict:
                                trainable=_trainable(spec), resume_unfinished=True,
                                resume_errored=True)
     tuner.fit()
+    _wait_for_final_upload()
     return export(path, wall_time_s=time.time() - t0)
 
 
@@ -559,7 +803,7 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
         df = ea.trial_dataframes.get(tid)
         if df is None or df.empty:
             df = pd.DataFrame(columns=list(EPOCH_METRICS))
-        df = df[[c for c in df.columns if c in EPOCH_METRICS or c in ("time_total_s", "timestamp")]]
+        df = df[[c for c in df.columns if c in EPOCH_METRICS or c in ("time_total_s", "timestamp", "node_id")]]
         if "epoch" in df:
             df = df.drop_duplicates("epoch", keep="last").sort_values("epoch")
         last = df.iloc[-1].to_dict() if len(df) else {}
@@ -574,7 +818,9 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
                "best_epoch": best.get("epoch"), "best_test_acc": best.get("test_acc"),
                "best_val_acc": best.get("val_acc"), "params": meta.get("params"),
                "wall_time_s": lr_.get("time_total_s"), "node": lr_.get("node_ip"),
-               "hostname": lr_.get("hostname"),
+               "hostname": lr_.get("hostname"), "node_id": lr_.get("node_id"),
+               "failures": int(getattr(trial, "num_failures", 0) or 0),
+               "restore_notes": _restore_notes(trial),
                "error": _error_text(trial) if status == "errored" else None}
         prov = meta.get("provenance") or {**driver, "device": None, "device_name": None}
         row.update({f"prov_{k}": v for k, v in prov.items()})
@@ -604,8 +850,28 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
     if probe_rows:
         write(pd.DataFrame(probe_rows), "probes.parquet")
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    notes = {r["trial_id"]: r["restore_notes"] for r in rows if r["restore_notes"]}
+    errors = {r["trial_id"]: r["error"] for r in rows if r["error"]}
     return {"path": uri, "trials": len(trials), "status": counts, "wall_time_s": wall_time_s,
-            "steps": len(step_rows), "probes": len(probe_rows)}
+            "steps": len(step_rows), "probes": len(probe_rows), "restore_notes": notes,
+            "errors": errors, "failures": int(sum(r["failures"] for r in rows))}
+
+
+def _restore_notes(trial) -> str | None:
+    """What the trial's restore-*.json notes say (a checkpoint it could not read), oldest first."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs = trial.storage.storage_filesystem
+        found = fs.get_file_info(pafs.FileSelector(trial.storage.trial_fs_path))
+        notes = []
+        for info in sorted(found, key=lambda i: i.base_name):
+            if info.base_name.startswith("restore-") and info.base_name.endswith(".json"):
+                with fs.open_input_stream(info.path) as f:
+                    notes.append(json.loads(f.read().decode())["note"])
+        return " | ".join(notes) or None
+    except Exception:  # notes are informative; a sweep exports without them
+        return None
 
 
 def _error_text(trial) -> str | None:
