@@ -139,16 +139,19 @@ def test_lost_nodes_resume_from_checkpoints_and_exhausted_trial_is_errored(tmp_p
     # B and C: every other trial completed, all epochs exported once
     others = t.drop(index=a)
     assert set(others["status"]) == {"completed"} and len(others) == 2, others[["status", "failures"]]
-    assert (e[e["trial_id"] != a].groupby("trial_id")["epoch"].max() == epochs).all()
+    for tid, g in e[e["trial_id"] != a].groupby("trial_id"):
+        assert sorted(g["epoch"]) == list(range(1, epochs + 1)), tid
     # the lost trials continued from their last checkpoint: at most `every` epochs were redone
+    # (Ray may lose a result the dying node sent while registering its checkpoint: then the retry
+    # starts after an epoch this log never showed, and the export takes the epoch from the checkpoint)
     for tid in (a, b):
         rows = results(exp)[tid]
         old = [r for r in rows if r["node_id"] == w1.node_id]
-        saved = max(r["epoch"] for r in old if r.get("checkpoint_dir_name"))
-        again = rows[len(old):]
-        assert {r["node_id"] for r in again}.isdisjoint({w1.node_id})
-        assert again[0]["epoch"] == saved + 1, (tid, saved, again[0]["epoch"])
-        assert old[-1]["epoch"] - saved <= every
+        again = [r for r in rows if r["node_id"] != w1.node_id]
+        restored = again[0]["epoch"] - 1
+        seen = [(r["epoch"], r["node_id"][:6]) for r in rows]
+        assert restored >= every and restored % every == 0, (tid, seen)  # a checkpoint, not from scratch
+        assert old[-1]["epoch"] - restored <= every, (tid, seen)  # at most checkpoint_every redone
     assert t.loc[b, "failures"] == 1
 
 

@@ -74,6 +74,20 @@ def test_smoke_sweep_end_to_end(tmp_path):
     # export again from the files alone
     ex = vggbn("export", str(exp))
     assert ex.returncode == 0 and "4 trials" in ex.stdout
+    pd.testing.assert_frame_equal(pd.read_parquet(exp / "epochs.parquet"), epochs)
+    # results Ray lost (a node dying between a report and the driver's log) come back from the
+    # trial's final checkpoint, which carries the trial's own epoch history
+    tid = trials["trial_id"].iloc[0]
+    for name in ("result.json", "progress.csv"):
+        f = exp / f"trial_{tid}" / name
+        lines = f.read_text().splitlines(keepends=True)
+        f.write_text("".join(lines[:-2] + lines[-1:]))  # drop epoch 2 of 3
+    assert vggbn("export", str(exp)).returncode == 0
+    again = pd.read_parquet(exp / "epochs.parquet")
+    assert len(again) == 12 and sorted(again.loc[again["trial_id"] == tid, "epoch"]) == [1, 2, 3]
+    cols = [c for c in EPOCH_METRICS if c in epochs]
+    pd.testing.assert_frame_equal(again.set_index(["trial_id", "epoch"]).sort_index()[cols[1:]],
+                                  epochs.set_index(["trial_id", "epoch"]).sort_index()[cols[1:]])
 
 
 def test_asha_stops_bad_learning_rates_early(tmp_path, ray_local):

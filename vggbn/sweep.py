@@ -462,9 +462,9 @@ def vggbn_trial(config: dict[str, Any], checkpoint_every: int = 1) -> None:
                 {**meta, "epoch": metrics["epoch"], "state_sha256": _sha256(Path(d) / "state.pt"),
                  "params": sum(v.numel() for k, v in state["model"].items()
                                if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))}))
-            for key in ("steps", "probes"):
+            for key, name in (("steps", "steps"), ("probes", "probes"), ("history", "epochs")):
                 if state[key]:
-                    (Path(d) / f"{key}.json").write_text(json.dumps(state[key]))
+                    (Path(d) / f"{name}.json").write_text(json.dumps(state[key]))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     oom = None
@@ -754,19 +754,20 @@ def _trial_status(trial, last: dict, epochs: int) -> str:
     return "incomplete"
 
 
-def _read_checkpoint(ckpt) -> tuple[dict, list, list]:
-    """(meta, steps, probes) from a trial checkpoint's JSON files."""
+def _read_checkpoint(ckpt) -> tuple[dict, list, list, list]:
+    """(meta, steps, probes, epochs) from a trial checkpoint's JSON files."""
     if ckpt is None:
-        return {}, [], []
+        return {}, [], [], []
     try:
         with ckpt.as_directory() as d:
             def read(name, default):
                 f = Path(d) / name
                 return json.loads(f.read_text()) if f.is_file() else default
-            return read("meta.json", {}), read("steps.json", []), read("probes.json", [])
+            return (read("meta.json", {}), read("steps.json", []), read("probes.json", []),
+                    read("epochs.json", []))
     except Exception as e:  # an unreadable checkpoint must not stop the export
         warnings.warn(f"checkpoint {ckpt.path}: {e}", stacklevel=2)
-        return {}, [], []
+        return {}, [], [], []
 
 
 def export(path: str, wall_time_s: float | None = None) -> dict:
@@ -804,10 +805,17 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
         if df is None or df.empty:
             df = pd.DataFrame(columns=list(EPOCH_METRICS))
         df = df[[c for c in df.columns if c in EPOCH_METRICS or c in ("time_total_s", "timestamp", "node_id")]]
+        meta, steps, probes, history = _read_checkpoint(trial.checkpoint)
         if "epoch" in df:
-            df = df.drop_duplicates("epoch", keep="last").sort_values("epoch")
+            df = df.drop_duplicates("epoch", keep="last")
+            # the checkpoint's own history fills epochs whose results Ray lost (a node dying
+            # between a report and the driver logging it); those rows have no node_id/timestamp
+            lost = [h for h in history if h.get("epoch") not in set(df["epoch"])]
+            if lost:
+                df = pd.concat([df, pd.DataFrame(lost)[[c for c in EPOCH_METRICS if c in lost[0]]]],
+                               ignore_index=True)
+            df = df.sort_values("epoch", ignore_index=True)
         last = df.iloc[-1].to_dict() if len(df) else {}
-        meta, steps, probes = _read_checkpoint(trial.checkpoint)
         status = _trial_status(trial, last, epochs)
         sel = "val_acc" if "val_acc" in df and df["val_acc"].notna().any() else "test_acc"
         best = df.loc[df[sel].idxmax()].to_dict() if sel in df and df[sel].notna().any() else {}
