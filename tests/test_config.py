@@ -70,6 +70,20 @@ def test_recipes():
     assert TrialConfig.from_flat({"recipe": "strong", "optimizer": "adam"}).lr == RECIPES["strong"]["lr"]["adam"]
 
 
+def test_strong_warmup_scales_with_the_run():
+    """2 of 40 epochs; a 2-epoch run must not spend the whole run warming up (lr would never decay)."""
+    assert TrialConfig.from_flat({"recipe": "strong"}).warmup_epochs == 2.0
+    assert TrialConfig.from_flat({"recipe": "strong", "epochs": 3}).warmup_epochs == 0.15
+    assert TrialConfig.from_flat({"recipe": "strong", "epochs": 2, "warmup_epochs": 1}).warmup_epochs == 1
+    assert TrialConfig.from_flat({"epochs": 3}).warmup_epochs == 0.0  # the study's recipe has none
+    c = TrialConfig.from_flat({"recipe": "strong", "epochs": 2})
+    assert TrialConfig.from_flat(c.to_flat()) == c
+    from vggbn.train import lr_factor
+    spe = 100
+    peak = max(range(2 * spe), key=lambda s: lr_factor(c, s, spe))
+    assert peak < 0.1 * 2 * spe and lr_factor(c, 2 * spe - 1, spe) < 0.01
+
+
 def test_flat_round_trip_and_variant():
     c = TrialConfig.from_flat({"preset": "vgg_a_bn", "seed": 3, "width": 0.5, "lr": "2e-3"})
     assert c.lr == 2e-3
