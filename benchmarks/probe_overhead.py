@@ -25,7 +25,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    base = dict(preset=args.preset, width=args.width, batch_size=args.batch_size, epochs=2,
+    base = dict(recipe="seed", preset=args.preset, width=args.width, batch_size=args.batch_size, epochs=2,
                 dataset="synthetic", synthetic_size=args.batch_size * args.steps, device=args.device)
     times = {"without probes": [], f"probes every {args.every} steps, 4 etas": []}
     for _ in range(args.repeats):

@@ -27,7 +27,7 @@ from vggbn.train import fit
 
 
 def trial_base(args) -> dict:
-    return {"dataset": "synthetic", "synthetic_size": args.size, "width": args.width,
+    return {"recipe": "seed", "dataset": "synthetic", "synthetic_size": args.size, "width": args.width,
             "batch_size": 128, "epochs": args.epochs, "device": "cpu"}
 
 

@@ -89,7 +89,7 @@ def main():
     args = ap.parse_args()
 
     n = args.batch_size * args.steps
-    base = dict(preset=args.preset, width=args.width, batch_size=args.batch_size, epochs=2,
+    base = dict(recipe="seed", preset=args.preset, width=args.width, batch_size=args.batch_size, epochs=2,
                 dataset="synthetic", synthetic_size=n, device=args.device, eval_batch_size=1024)
     cfg = TrialConfig.from_flat(base)
     device = resolve_device(cfg.device)

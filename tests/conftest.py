@@ -27,8 +27,8 @@ def fmnist_dir():
 
 
 def tiny(**kw):
-    """A seconds-fast trial on synthetic data."""
-    base = dict(dataset="synthetic", synthetic_size=512, width=0.0625, batch_size=64, epochs=2,
+    """A seconds-fast trial on synthetic data, with the study's recipe (Adam, constant lr, fp32)."""
+    base = dict(recipe="seed", dataset="synthetic", synthetic_size=512, width=0.0625, batch_size=64, epochs=2,
                 device="cpu", cpu_threads=1)
     base.update(kw)
     return base

@@ -1,6 +1,6 @@
 import pytest
 
-from vggbn.config import PRESETS, RECIPES, ConfigError, TrialConfig
+from vggbn.config import DATASETS, PRESETS, RECIPES, ConfigError, TrialConfig
 
 BAD = [  # (flat config, words the message must contain)
     ({"dropout": 1.5}, ["dropout", "1.5"]),
@@ -51,18 +51,21 @@ def test_preset_expands_and_explicit_keys_override():
     assert (c.bn, c.dropout) == (False, 0.2)
     assert TrialConfig.from_flat({"preset": "vgg_a_leaky_relu"}).activation == "leaky_relu"
     assert TrialConfig.from_flat({"preset": "vgg_a_l2"}).weight_decay == 1e-4
-    sgd = TrialConfig.from_flat({"preset": "vgg_a_bn_sgd"})
+    sgd = TrialConfig.from_flat({"preset": "vgg_a_bn_sgd", "recipe": "seed"})
     assert (sgd.optimizer, sgd.momentum, sgd.lr) == ("sgd", 0.9, RECIPES["seed"]["lr"]["sgd"])
 
 
 def test_recipes():
-    seed = TrialConfig.from_flat({})
+    seed = TrialConfig.from_flat({"recipe": "seed"})
     assert (seed.optimizer, seed.lr, seed.batch_size, seed.epochs, seed.augment, seed.normalize,
-            seed.init) == ("adam", 1e-3, 1024, 30, False, "half", "xavier")
+            seed.init, seed.precision) == ("adam", 1e-3, 1024, 30, False, "half", "xavier", "fp32")
     strong = TrialConfig.from_flat({"recipe": "strong", "preset": "vgg_a_bn"})
-    assert (strong.optimizer, strong.nesterov, strong.label_smoothing, strong.augment,
-            strong.normalize, strong.precision, strong.bn) == ("sgd", True, 0.1, True, "dataset",
-                                                               "auto", True)
+    assert (strong.optimizer, strong.nesterov, strong.lr, strong.batch_size, strong.label_smoothing,
+            strong.augment, strong.normalize, strong.precision, strong.bn) == (
+        "sgd", True, 0.1, 128, 0.1, True, "dataset", "auto", True)
+    # `strong` is the default, for from_flat and for the constructor alike
+    assert TrialConfig.from_flat({"preset": "vgg_a_bn"}) == strong == TrialConfig(preset="vgg_a_bn")
+    assert TrialConfig() == TrialConfig.from_flat({}) and TrialConfig().recipe == "strong"
     assert strong.warmup_epochs > 0 and strong.schedule in ("cosine", "onecycle")
     assert strong.epochs <= 40
     # an explicit lr beats the recipe's per-optimizer lr; a changed optimizer gets its own lr
@@ -75,13 +78,29 @@ def test_strong_warmup_scales_with_the_run():
     assert TrialConfig.from_flat({"recipe": "strong"}).warmup_epochs == 2.0
     assert TrialConfig.from_flat({"recipe": "strong", "epochs": 3}).warmup_epochs == 0.15
     assert TrialConfig.from_flat({"recipe": "strong", "epochs": 2, "warmup_epochs": 1}).warmup_epochs == 1
-    assert TrialConfig.from_flat({"epochs": 3}).warmup_epochs == 0.0  # the study's recipe has none
+    assert TrialConfig.from_flat({"recipe": "seed", "epochs": 3}).warmup_epochs == 0.0  # the study's: none
     c = TrialConfig.from_flat({"recipe": "strong", "epochs": 2})
     assert TrialConfig.from_flat(c.to_flat()) == c
     from vggbn.train import lr_factor
     spe = 100
     peak = max(range(2 * spe), key=lambda s: lr_factor(c, s, spe))
     assert peak < 0.1 * 2 * spe and lr_factor(c, 2 * spe - 1, spe) < 0.01
+
+
+def test_augment_auto_follows_the_dataset():
+    """crop + flip where it is the dataset's standard (CIFAR); off on Fashion-MNIST, where it cost
+    accuracy for at least 10 epochs, and on synthetic patterns; explicit values always win."""
+    on = {d: TrialConfig.from_flat({"dataset": d}).augment for d in DATASETS}
+    assert on == {"cifar10": True, "cifar100": True, "fashion_mnist": False, "synthetic": False}
+    assert TrialConfig.from_flat({"dataset": "fashion_mnist", "augment": True}).augment is True
+    assert TrialConfig.from_flat({"dataset": "cifar10", "augment": False}).augment is False
+    assert TrialConfig.from_flat({"recipe": "seed", "augment": "auto"}).augment is True  # cifar10
+    assert TrialConfig.from_flat({"recipe": "seed", "dataset": "fashion_mnist"}).augment is False
+    # the stored config holds the resolved value, so it reloads the same on any dataset override
+    c = TrialConfig.from_flat({"dataset": "fashion_mnist"})
+    assert c.to_flat()["augment"] is False and TrialConfig.from_flat(c.to_flat()) == c
+    with pytest.raises(ConfigError, match="augment"):
+        TrialConfig.from_flat({"augment": "sometimes"})
 
 
 def test_flat_round_trip_and_variant():

@@ -50,7 +50,7 @@ def test_local_archives_are_read_and_padded(tmp_path):
 
 
 def test_normalisation_half_and_dataset():
-    half = load(TrialConfig.from_flat({"dataset": "synthetic", "synthetic_size": 400}))
+    half = load(TrialConfig.from_flat({"dataset": "synthetic", "synthetic_size": 400, "normalize": "half"}))
     x = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 2, 2)
     torch.testing.assert_close(half.normalize(x)[:, 0, 0, 0], torch.tensor([-1.0, 1.0]))
     ds = load(TrialConfig.from_flat({"dataset": "synthetic", "synthetic_size": 400,

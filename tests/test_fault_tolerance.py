@@ -23,7 +23,7 @@ from vggbn.sweep import _resume_state, _sha256
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 pytestmark = pytest.mark.timeout(600)
-TINY = {"dataset": "synthetic", "width": 0.125, "batch_size": 64, "device": "cpu"}
+TINY = {"recipe": "seed", "dataset": "synthetic", "width": 0.125, "batch_size": 64, "device": "cpu"}
 
 
 def vggbn(*args, env=None, **kw):
@@ -234,7 +234,8 @@ def test_out_of_memory_errors_that_trial_alone(tmp_path):
     """resources.memory_gb caps each CPU trial: the trial whose batch needs 2 GiB fails with a
     one-line reason and the fix; the small one beside it completes."""
     spec = write_spec(tmp_path, name="oom", max_failures=1, resources={"cpu": 1, "memory_gb": 0.5},
-                      base={"dataset": "synthetic", "device": "cpu", "arch": "vgg_light", "width": 4.0,
+                      base={"recipe": "seed", "dataset": "synthetic", "device": "cpu",
+                            "arch": "vgg_light", "width": 4.0,
                             "synthetic_size": 8192, "eval_batch_size": 256, "epochs": 1,
                             "precision": "fp32"},
                       space={"batch_size": {"grid": [128, 8192]}})

@@ -33,7 +33,7 @@ def ray_local():
 
 def spec_of(tmp_path, **kw) -> SweepSpec:
     raw = {"name": "t", "storage": str(tmp_path / "results"),
-           "base": {"dataset": "synthetic", "synthetic_size": 512, "width": 0.0625,
+           "base": {"recipe": "seed", "dataset": "synthetic", "synthetic_size": 512, "width": 0.0625,
                     "batch_size": 64, "epochs": 2, "device": "cpu"},
            "resources": {"cpu": 1}}
     raw.update(kw)
@@ -93,7 +93,7 @@ def test_smoke_sweep_end_to_end(tmp_path):
 def test_asha_stops_bad_learning_rates_early(tmp_path, ray_local):
     spec = spec_of(tmp_path, metric="val_acc", scheduler={"type": "asha", "grace_period": 2,
                                                           "reduction_factor": 2},
-                   base={"dataset": "synthetic", "synthetic_size": 1280, "width": 0.125,
+                   base={"recipe": "seed", "dataset": "synthetic", "synthetic_size": 1280, "width": 0.125,
                          "batch_size": 64, "epochs": 6, "device": "cpu", "val_fraction": 0.2},
                    space={"lr": {"grid": [3e-3, 2e-3, 1e-7, 3e-8, 1e-8]}})
     summary = run_sweep(spec)
@@ -109,7 +109,7 @@ def test_optuna_runs_n_trials_within_max_concurrent(tmp_path, ray_local):
     from vggbn.sweep import build_tuner
 
     spec = spec_of(tmp_path, metric="val_acc", search="optuna", num_samples=5, max_concurrent=1,
-                   base={"dataset": "synthetic", "synthetic_size": 512, "width": 0.0625,
+                   base={"recipe": "seed", "dataset": "synthetic", "synthetic_size": 512, "width": 0.0625,
                          "batch_size": 64, "epochs": 2, "device": "cpu", "val_fraction": 0.2},
                    space={"lr": {"loguniform": [1e-4, 1e-2]}, "bn": {"choice": [False, True]}})
     assert build_tuner(spec)._local_tuner._tune_config.max_concurrent_trials == 1
@@ -142,7 +142,7 @@ def test_one_bad_trial_config_errors_that_trial_alone(tmp_path, ray_local, monke
 def test_dataset_prepared_once_by_four_concurrent_trials(tmp_path, ray_local):
     d = fake_fmnist(tmp_path / "fm", n_train=2000, n_test=200)
     spec = spec_of(tmp_path, resources={"cpu": 0.5},
-                   base={"dataset": "fashion_mnist", "data_dir": str(d), "width": 0.0625,
+                   base={"recipe": "seed", "dataset": "fashion_mnist", "data_dir": str(d), "width": 0.0625,
                          "batch_size": 256, "epochs": 1, "device": "cpu"},
                    space={"seed": {"grid": [0, 1, 2, 3]}})
     summary = run_sweep(spec, prepare=False)  # no driver preparation: the trials race for it
@@ -170,7 +170,7 @@ def _finished(exp: Path, epochs: int) -> set[str]:
 
 def test_driver_killed_then_resume_completes_without_rerunning(tmp_path):
     spec = {"name": "killme", "storage": str(tmp_path), "metric": "test_acc",
-            "base": {"dataset": "synthetic", "synthetic_size": 4096, "width": 0.125,
+            "base": {"recipe": "seed", "dataset": "synthetic", "synthetic_size": 4096, "width": 0.125,
                      "batch_size": 64, "epochs": 4, "device": "cpu"},
             "space": {"seed": {"grid": list(range(10))}}, "resources": {"cpu": 1}}
     path = tmp_path / "killme.yaml"
@@ -225,7 +225,7 @@ def test_surface_points_as_ray_tasks_equal_in_process(ray_local):
     from vggbn.models import build_model
     from vggbn.sweep import _ray_map
 
-    cfg = TrialConfig.from_flat({"dataset": "synthetic", "synthetic_size": 256, "width": 0.0625,
+    cfg = TrialConfig.from_flat({"recipe": "seed", "dataset": "synthetic", "synthetic_size": 256, "width": 0.0625,
                                  "bn": True})
     weights = build_model(cfg, 3, 10).state_dict()
     kw = dict(resolution=3, samples=64, seed=1)

@@ -46,6 +46,12 @@ BAD = [  # (spec, words the message must contain besides the file name)
     (with_(resources={"cpu": 0}), ["resources.cpu"]),
     (with_(name="my sweep"), ["name"]),
     (with_(space={"bn": {"grid": [False]}}, base={"bn": True}), ["space.bn", "also set in base"]),
+    # two study rows that resolve to one config: the original study's silent mistake, refused
+    (with_(space={"preset": {"grid": ["vgg_a_bn", "vgg_a_bn_sgd"]}, "seed": {"grid": [0, 1]}},
+           base={"recipe": "strong"}), ["'vgg_a_bn'", "'vgg_a_bn_sgd'", "same trial config",
+                                        "recipe strong"]),
+    (with_(space={"lr": {"grid": [0.1, 1e-1]}}), ["lr=0.1", "twice"]),
+    (with_(cases=[{"bn": True}, {"bn": True, "dropout": 0.0}], space={}), ["same trial config"]),
     ({"base": {}}, ["name", "required"]),
 ]
 
@@ -81,7 +87,7 @@ def test_overrides_with_dotted_paths(tmp_path):
         load_spec(write(tmp_path, OK), {"base.dropout": 2})
 
 
-@pytest.mark.parametrize("name,count", [("ablation", 24), ("ablation_strong", 24), ("hpo", 40),
+@pytest.mark.parametrize("name,count", [("ablation", 24), ("ablation_strong", 21), ("hpo", 40),
                                         ("landscape", 12), ("quick", 16), ("smoke", 4)])
 def test_shipped_sweeps_are_valid_and_counted(name, count):
     spec = load_spec(SWEEPS / f"{name}.yaml")
@@ -97,6 +103,12 @@ def test_ablations_are_fifo_and_hpo_tunes_on_validation():
     hpo = load_spec(SWEEPS / "hpo.yaml")
     assert hpo.search == "optuna" and hpo.scheduler.type == "asha"
     assert hpo.metric == "val_acc" and hpo.base["val_fraction"] == 0.1
+
+
+def test_the_study_rows_are_distinct_under_its_own_recipe():
+    """Under `seed` (Adam) the optimizer row is a real row; the grid check lets it through."""
+    spec = load_spec(SWEEPS / "ablation.yaml")
+    assert "vgg_a_bn_sgd" in spec.space["preset"].values and spec.trial_count() == 24
 
 
 def test_grid_counts_multiply():

@@ -88,14 +88,14 @@ def test_record_steps():
 
 
 def test_lr_schedules():
-    c = TrialConfig.from_flat({"epochs": 10, "warmup_epochs": 2, "schedule": "onecycle"})
+    c = TrialConfig.from_flat({"recipe": "seed", "epochs": 10, "warmup_epochs": 2, "schedule": "onecycle"})
     f = [lr_factor(c, s, 10) for s in range(100)]
     assert f[0] == pytest.approx(0.05) and f[19] == pytest.approx(1.0)
     assert f[20] == pytest.approx(1.0) and f[99] == pytest.approx(1 / 80, abs=1e-9 + 0.02)
     assert all(a >= b for a, b in zip(f[20:], f[21:]))
-    cos = TrialConfig.from_flat({"epochs": 10, "schedule": "cosine"})
+    cos = TrialConfig.from_flat({"recipe": "seed", "epochs": 10, "schedule": "cosine"})
     assert lr_factor(cos, 0, 10) == 1.0 and lr_factor(cos, 50, 10) == pytest.approx(0.5, abs=0.02)
-    const = TrialConfig.from_flat({"epochs": 10})
+    const = TrialConfig.from_flat({"recipe": "seed", "epochs": 10})
     assert {lr_factor(const, s, 10) for s in range(100)} == {1.0}
 
 
@@ -117,7 +117,7 @@ def test_bf16_autocast_on_cpu_trains():
 
 
 def test_real_fashion_mnist_one_epoch(fmnist_dir):
-    """vgg_a_bn, width 0.25, the seed recipe, one epoch of real Fashion-MNIST."""
+    """vgg_a_bn, width 0.25, the default (strong) recipe, one epoch of real Fashion-MNIST."""
     r = fit({"preset": "vgg_a_bn", "dataset": "fashion_mnist", "data_dir": str(fmnist_dir),
              "width": 0.25, "epochs": 1, "device": "cpu"})
     assert r["test_acc"] >= 0.85, r["test_acc"]

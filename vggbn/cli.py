@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .config import PRESETS, RECIPES, ConfigError, TrialConfig
+from .config import DEFAULT_RECIPE, PRESETS, RECIPES, ConfigError, TrialConfig
 
 EXIT_USAGE = 2
 
@@ -57,6 +57,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"TrialConfig fields in the README.") from None
     device = resolve_device(cfg.device)
     data = load(cfg, device)  # before the progress bar: a missing dataset fails cleanly
+    if not args.quiet:  # say what is trained: the recipe fills everything not set
+        default = "" if "recipe" in flat else " (default; --recipe seed for the study's)"
+        print(f"{cfg.preset or cfg.arch} on {cfg.dataset}, {device}: recipe {cfg.recipe}{default}: "
+              f"{cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch_size}, {cfg.epochs} epochs, "
+              f"{cfg.schedule}, augment {'on' if cfg.augment else 'off'}, precision {cfg.precision}",
+              file=sys.stderr)
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +126,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
                         for x, w, c in zip(t, widths, cols)))
     print("\nparams with CIFAR-10 input (3x32x32, 10 classes). Recipes:")
     for name, r in RECIPES.items():
-        print(f"  {name}: {r['description']}")
+        print(f"  {name}{' (default)' if name == DEFAULT_RECIPE else ''}: {r['description']}")
     return 0
 
 
@@ -342,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one trial (no Ray)")
     t.add_argument("--preset", choices=None, help="study row, see `vggbn presets`")
-    t.add_argument("--recipe", help="seed (the study's) or strong")
+    t.add_argument("--recipe", help="strong (default) or seed (the study's own)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any TrialConfig field")
     t.add_argument("--out", help="directory for config.json, metrics.jsonl, result.json")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

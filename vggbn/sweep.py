@@ -171,6 +171,7 @@ class SweepSpec(BaseModel):
             if self.search == "grid" and dim.kind != "grid":
                 raise ValueError(f"space.{key}: {dim.kind} needs search: random or optuna "
                                  f"(search: grid enumerates grid dimensions only)")
+        self._check_distinct_grid_points()
         if self.metric not in METRICS:
             raise ValueError(f"metric: {self.metric!r} is not reported by a trial"
                              f"{_suggest(self.metric, METRICS)}; reported: {', '.join(METRICS)}")
@@ -197,6 +198,34 @@ class SweepSpec(BaseModel):
                 raise ValueError(f"scheduler.grace_period: {self.scheduler.grace_period} is "
                                  f"beyond max_t {max_t}")
         return self
+
+    def _check_distinct_grid_points(self, limit: int = 20_000) -> None:
+        """Two grid points that resolve to one trial config would put one model in the table under
+        two labels (as the original study's "Res" and "LeakyReLU" rows did): refuse them."""
+        if self.search != "grid" or self.trial_count() // self.num_samples > limit:
+            return
+        dims = self.grid_dims()
+        seen: dict[tuple, dict[str, Any]] = {}
+        for case in self.cases or [{}]:
+            for values in itertools.product(*dims.values()):
+                point = {**case, **dict(zip(dims, values))}
+                flat = TrialConfig.from_flat({**self.base, **point}).to_flat()
+                flat.pop("preset")  # a label: the flags it set are in the config
+                key = tuple(sorted((k, repr(v)) for k, v in flat.items()))
+                if key in seen:
+                    a, b = seen[key], point
+                    diff = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
+                    if not diff:
+                        raise ValueError("space: the grid holds " + ", ".join(
+                            f"{k}={v!r}" for k, v in b.items()) + " twice; remove the repeat")
+                    what = ", ".join(f"{k}={a.get(k)!r} and {k}={b.get(k)!r}" for k in diff)
+                    hint = (" (e.g. base.recipe: seed, the study's Adam recipe, under which the "
+                            "optimizer rows differ)" if "preset" in diff else "")
+                    raise ValueError(
+                        f"space: {what} resolve to the same trial config under recipe "
+                        f"{flat['recipe']}, so the table would show one model under two labels; "
+                        f"drop one, or set what should differ between them{hint}")
+                seen[key] = point
 
     # -------------------------------------------------------------- derived
     def trial_epochs(self) -> list[int]:
