@@ -44,6 +44,20 @@ def test_train_writes_config_metrics_and_provenance(tmp_path):
         assert key in prov
     assert prov["device"] == "cpu" and result["result"]["test_acc"] == lines[-1]["test_acc"]
     assert len((out / "steps.jsonl").read_text().splitlines()) == 16
+    # the first stderr line says which recipe filled the defaults, and that it was the default
+    assert r.stderr.splitlines()[0].startswith("vgg_a_bn on synthetic, cpu: recipe strong (default")
+    assert cfg["recipe"] == "strong" and cfg["optimizer"] == "sgd" and cfg["augment"] is False
+
+
+def test_train_says_when_a_preset_is_another_under_the_recipe():
+    """Under the default SGD recipe the study's SGD row is vgg_a_bn itself: the user is told."""
+    tiny = ["--set", "dataset=synthetic", "--set", "width=0.0625", "--set", "epochs=1",
+            "--set", "synthetic_size=256", "--set", "batch_size=64"]
+    r = vggbn("train", "--preset", "vgg_a_bn_sgd", *tiny)
+    assert r.returncode == 0, r.stderr
+    assert "preset vgg_a_bn_sgd trains exactly the config of preset vgg_a_bn" in r.stderr
+    r = vggbn("train", "--preset", "vgg_a_bn_sgd", "--recipe", "seed", *tiny)
+    assert r.returncode == 0 and "exactly the config" not in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("args,words", [

@@ -63,6 +63,10 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch_size}, {cfg.epochs} epochs, "
               f"{cfg.schedule}, augment {'on' if cfg.augment else 'off'}, precision {cfg.precision}",
               file=sys.stderr)
+        same = _same_as_other_preset(cfg, flat)
+        if same:
+            print(f"note: under recipe {cfg.recipe}, preset {cfg.preset} trains exactly the config of "
+                  f"preset {same} (the study's rows are defined against --recipe seed)", file=sys.stderr)
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -97,6 +101,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"{line}  params={result['params']:,}  diverged={result['diverged']}"
           + (f"  -> {out}" if out else ""))
     return 0
+
+
+def _same_as_other_preset(cfg: TrialConfig, flat: dict[str, Any]) -> str | None:
+    """The first other preset that, with the same keys, resolves to cfg's very config."""
+    if cfg.preset is None:
+        return None
+    mine = {**cfg.to_flat(), "preset": None}
+    for name in PRESETS:
+        if name != cfg.preset and {**TrialConfig.from_flat({**flat, "preset": name}).to_flat(),
+                                   "preset": None} == mine:
+            return name
+    return None
 
 
 def _fmt(v: Any) -> str:
