@@ -58,6 +58,8 @@ def test_train_says_when_a_preset_is_another_under_the_recipe():
     assert "preset vgg_a_bn_sgd trains exactly the config of preset vgg_a_bn" in r.stderr
     r = vggbn("train", "--preset", "vgg_a_bn_sgd", "--recipe", "seed", *tiny)
     assert r.returncode == 0 and "exactly the config" not in r.stderr, r.stderr
+    r = vggbn("train", "--preset", "vgg_a_bn", *tiny)  # the earlier row is the one that stands
+    assert r.returncode == 0 and "exactly the config" not in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("args,words", [

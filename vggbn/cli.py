@@ -104,12 +104,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _same_as_other_preset(cfg: TrialConfig, flat: dict[str, Any]) -> str | None:
-    """The first other preset that, with the same keys, resolves to cfg's very config."""
+    """An earlier row of the study's table that, with the same keys, resolves to cfg's very config
+    (e.g. vgg_a_bn for vgg_a_bn_sgd under the SGD recipe; vgg_a_bn itself gets no note)."""
     if cfg.preset is None:
         return None
     mine = {**cfg.to_flat(), "preset": None}
-    for name in PRESETS:
-        if name != cfg.preset and {**TrialConfig.from_flat({**flat, "preset": name}).to_flat(),
+    for name in list(PRESETS)[:list(PRESETS).index(cfg.preset)]:
+        if {**TrialConfig.from_flat({**flat, "preset": name}).to_flat(),
                                    "preset": None} == mine:
             return name
     return None
