@@ -15,11 +15,16 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from vggbn.config import PRESETS, TrialConfig
+from vggbn.schema import EPOCHS, PARQUET_META_KEY, PROBES, SCHEMA_VERSION, STATUSES, STEPS, SURFACES, TRIALS
 
 # knobs that change how a trial runs, not what it computes: not part of a variant
 EXECUTION_KEYS = {"seed", "data_dir", "device", "cpu_threads", "compile", "eval_batch_size",
                   "record_steps"}
 CONFIG_KEYS = list(TrialConfig.model_fields)
+
+
+class ResultsError(ValueError):
+    """A results directory that cannot be analysed: names the file and the fix."""
 
 
 @dataclass
@@ -37,9 +42,26 @@ class Results:
         return bool((self.trials["status"] == "incomplete").any())
 
 
-def _meta(path: Path) -> dict:
-    md = pq.read_schema(path).metadata or {}
-    return json.loads(md.get(b"vggbn", b"{}"))
+REQUIRED = {TRIALS: ("trial_id", "sweep", "status"), EPOCHS: ("trial_id", "epoch"),
+            STEPS: ("trial_id", "step"), PROBES: ("trial_id", "step"), SURFACES: ("trial_id", "kind")}
+
+
+def _read(path: Path, fix: str) -> tuple[pd.DataFrame, dict]:
+    """A parquet file of the export and its vggbn metadata; ResultsError when it is damaged."""
+    try:
+        df = pd.read_parquet(path)
+        meta = json.loads((pq.read_schema(path).metadata or {}).get(PARQUET_META_KEY, b"{}"))
+    except Exception as e:  # noqa: BLE001  (pyarrow raises several kinds for a damaged file)
+        raise ResultsError(f"{path}: not a readable parquet file ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:200]}).\nFix: {fix}") from None
+    missing = [c for c in REQUIRED.get(path.name, ()) if c not in df.columns]
+    if missing or not isinstance(meta, dict):
+        raise ResultsError(f"{path}: not a vggbn export (no column {', '.join(missing) or 'metadata'}).\n"
+                           f"Fix: {fix}")
+    if meta.get("schema_version", 0) > SCHEMA_VERSION:
+        raise ResultsError(f"{path}: written by a newer vggbn (schema {meta['schema_version']}; this one "
+                           f"reads up to {SCHEMA_VERSION}).\nFix: upgrade vggbn")
+    return df, meta
 
 
 def load(*paths: str | Path) -> Results:
@@ -47,11 +69,18 @@ def load(*paths: str | Path) -> Results:
     trials, epochs, steps, probes, surfaces, specs = [], [], [], [], [], []
     for p in paths:
         p = Path(p)
-        if not (p / "trials.parquet").is_file():
-            raise FileNotFoundError(f"{p}: no trials.parquet (run `vggbn export {p}` first)")
-        t = pd.read_parquet(p / "trials.parquet")
-        e = pd.read_parquet(p / "epochs.parquet")
-        meta = _meta(p / "trials.parquet")
+        fix = f"`vggbn export {p}` rewrites the export from Ray's files"
+        if not p.is_dir():
+            raise ResultsError(f"{p}: no such directory.\nFix: give the directory of a finished or "
+                               f"interrupted sweep, e.g. results/quick")
+        if not (p / TRIALS).is_file():
+            raise ResultsError(f"{p}: no {TRIALS} here.\nFix: give the directory of a finished or "
+                               f"interrupted sweep, e.g. results/quick, or run `vggbn export {p}` first")
+        t, meta = _read(p / TRIALS, fix)
+        e = _read(p / EPOCHS, fix)[0] if (p / EPOCHS).is_file() else pd.DataFrame(columns=["trial_id", "epoch"])
+        bad = sorted(set(t["status"].astype(str)) - set(STATUSES))
+        if bad:
+            raise ResultsError(f"{p / TRIALS}: unknown status {bad[0]!r}.\nFix: {fix}")
         specs.append(meta)
         if len(paths) > 1:  # trial ids are unique per sweep only
             prefix = str(t["sweep"].iloc[0]) if len(t) else p.name
@@ -59,9 +88,10 @@ def load(*paths: str | Path) -> Results:
             e = e.assign(trial_id=prefix + "/" + e["trial_id"])
         trials.append(t)
         epochs.append(e)
-        for name, into in (("steps", steps), ("probes", probes), ("surfaces", surfaces)):
-            if (p / f"{name}.parquet").is_file():
-                s = pd.read_parquet(p / f"{name}.parquet")
+        for name, into in ((STEPS, steps), (PROBES, probes), (SURFACES, surfaces)):
+            if (p / name).is_file():
+                s = _read(p / name, fix if name != SURFACES else
+                          f"delete {p / name} and run `vggbn landscape {p}` again")[0]
                 if len(paths) > 1:
                     s = s.assign(trial_id=prefix + "/" + s["trial_id"])
                 into.append(s)
@@ -125,6 +155,6 @@ def _fmt(v) -> str:
 
 def status_counts(trials: pd.DataFrame) -> pd.DataFrame:
     """Per variant: how many trials ended in each status (all statuses shown, zeros included)."""
-    statuses = ["completed", "early_stopped", "diverged", "errored", "incomplete"]
+    statuses = list(STATUSES)
     c = trials.groupby("variant")["status"].value_counts().unstack(fill_value=0)
     return c.reindex(columns=statuses, fill_value=0)

@@ -1,9 +1,15 @@
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+REPO = Path(__file__).resolve().parent.parent
+SWEEPS = REPO / "sweeps"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -32,3 +38,27 @@ def tiny(**kw):
                 device="cpu", cpu_threads=1)
     base.update(kw)
     return base
+
+
+def vggbn(*args, env=None, timeout=540, cwd=None, **kw) -> subprocess.CompletedProcess:
+    """The `vggbn` command, as a user runs it (in a fresh process; never in the repository)."""
+    return subprocess.run([sys.executable, "-m", "vggbn", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd, **kw)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """sweeps/smoke.yaml run once per test session with `vggbn sweep` (4 trials on a local Ray).
+    Tests read it; a test that changes files works on `smoke_copy`."""
+    root = tmp_path_factory.mktemp("smoke")
+    env = {"VGGBN_CACHE_DIR": str(root / "cache"), "VGGBN_DATA_DIR": str(root / "datasets")}
+    r = vggbn("sweep", SWEEPS / "smoke.yaml", "--set", f"storage={root}", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root / "smoke", r
+
+
+@pytest.fixture
+def smoke_copy(smoke_run, tmp_path) -> Path:
+    dst = tmp_path / "smoke"
+    shutil.copytree(smoke_run[0], dst)
+    return dst

@@ -5,6 +5,7 @@ The cluster tests start real Ray nodes on this machine with ray.cluster_utils.Cl
 way `ray job submit` runs it on a real cluster. A node is removed with SIGKILL, as a spot
 preemption takes it.
 """
+import hashlib
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from vggbn.sweep import _resume_state, _sha256
+from vggbn.sweep.checkpoint import resume_state
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 pytestmark = pytest.mark.timeout(600)
@@ -159,7 +160,8 @@ def test_lost_nodes_resume_from_checkpoints_and_exhausted_trial_is_errored(tmp_p
 def _checkpoint(d: Path, state: dict) -> Path:
     d.mkdir(parents=True)
     torch.save(state, d / "state.pt")
-    (d / "meta.json").write_text(json.dumps({"epoch": state["epoch"], "state_sha256": _sha256(d / "state.pt")}))
+    (d / "meta.json").write_text(json.dumps({"epoch": state["epoch"],
+                                             "state_sha256": hashlib.sha256((d / "state.pt").read_bytes()).hexdigest()}))
     return d
 
 
@@ -174,7 +176,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path):
     raw = (latest / "state.pt").read_bytes()
     (latest / "state.pt").write_bytes(raw[: len(raw) // 2])  # half-written
     with pytest.warns(UserWarning, match="checkpoint_000002.*resumed from checkpoint_000001"):
-        state = _resume_state(Checkpoint.from_directory(str(latest)))
+        state = resume_state(Checkpoint.from_directory(str(latest)))
     assert state["epoch"] == 2 and torch.equal(state["w"], torch.full((64,), 1.0))
     note = json.loads(next(trial.glob("restore-*.json")).read_text())
     assert note["resumed_from"] == "checkpoint_000001" and note["epoch"] == 2
@@ -185,15 +187,15 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path):
     raw[len(raw) // 2] ^= 0xFF
     prev.write_bytes(bytes(raw))
     with pytest.warns(UserWarning, match="sha256"):
-        assert _resume_state(Checkpoint.from_directory(str(latest)))["epoch"] == 1
+        assert resume_state(Checkpoint.from_directory(str(latest)))["epoch"] == 1
 
     (trial / "checkpoint_000000" / "meta.json").unlink()  # none readable: start again
     with pytest.warns(UserWarning, match="restarted from epoch 0"):
-        assert _resume_state(Checkpoint.from_directory(str(latest))) is None
+        assert resume_state(Checkpoint.from_directory(str(latest))) is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an intact checkpoint loads without a word
         good = _checkpoint(tmp_path / "t2" / "checkpoint_000000", {"epoch": 5})
-        assert _resume_state(Checkpoint.from_directory(str(good)))["epoch"] == 5
+        assert resume_state(Checkpoint.from_directory(str(good)))["epoch"] == 5
 
 
 def test_trial_killed_with_a_damaged_checkpoint_resumes_from_the_one_before(tmp_path):
@@ -252,7 +254,7 @@ def test_out_of_memory_errors_that_trial_alone(tmp_path):
 
 
 def test_oom_is_recognised_from_cuda_and_cpu_errors():
-    from vggbn.sweep import _is_oom
+    from vggbn.sweep.trainable import _is_oom
 
     assert _is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert _is_oom(MemoryError())

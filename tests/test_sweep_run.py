@@ -13,7 +13,9 @@ import yaml
 
 from test_data import fake_fmnist
 from vggbn.config import TrialConfig
-from vggbn.sweep import EPOCH_METRICS, SweepSpec, run_sweep
+from vggbn.schema import EPOCH_METRICS
+from vggbn.sweep.runner import run_sweep
+from vggbn.sweep.spec import SweepSpec
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 pytestmark = pytest.mark.timeout(600)
@@ -106,7 +108,7 @@ def test_asha_stops_bad_learning_rates_early(tmp_path, ray_local):
 
 
 def test_optuna_runs_n_trials_within_max_concurrent(tmp_path, ray_local):
-    from vggbn.sweep import build_tuner
+    from vggbn.sweep.runner import build_tuner
 
     spec = spec_of(tmp_path, metric="val_acc", search="optuna", num_samples=5, max_concurrent=1,
                    base={"recipe": "seed", "dataset": "synthetic", "synthetic_size": 512, "width": 0.0625,
@@ -223,13 +225,13 @@ def test_surface_points_as_ray_tasks_equal_in_process(ray_local):
     """The grid points are independent: Ray tasks give exactly the in-process numbers."""
     from vggbn.landscape import surfaces
     from vggbn.models import build_model
-    from vggbn.sweep import _ray_map
+    from vggbn.sweep.surfaces import ray_map
 
     cfg = TrialConfig.from_flat({"recipe": "seed", "dataset": "synthetic", "synthetic_size": 256, "width": 0.0625,
                                  "bn": True})
     weights = build_model(cfg, 3, 10).state_dict()
     kw = dict(resolution=3, samples=64, seed=1)
     local = surfaces(cfg.to_flat(), weights, **kw)
-    remote = surfaces(cfg.to_flat(), weights, map_chunks=_ray_map, **kw)
+    remote = surfaces(cfg.to_flat(), weights, map_chunks=ray_map, **kw)
     pd.testing.assert_frame_equal(local, remote)
     assert len(local) == 3 + 9

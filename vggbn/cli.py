@@ -44,7 +44,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .data import load
-    from .train import fit, provenance, resolve_device
+    from .provenance import provenance
+    from .train import fit, resolve_device
 
     flat = parse_sets(args.set)
     for key in ("preset", "recipe"):
@@ -159,198 +160,77 @@ def _summary_lines(summary: dict) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from . import sweep
+    from .sweep.experiment import Experiment
+    from .sweep.spec import dry_run, load_spec
 
-    spec = sweep.load_spec(args.file, parse_sets(args.set))
+    spec = load_spec(args.file, parse_sets(args.set))
     if args.dry_run:
-        print(sweep.dry_run(spec))
+        print(dry_run(spec))
         return 0
-    print(_summary_lines(sweep.run_sweep(spec, address=args.address)))
+    from .sweep.runner import resume_sweep, run_sweep
+
+    exp = Experiment(spec.experiment_path())
+    if args.resume and exp.has_ray_state():
+        print(f"{exp.uri} holds this sweep already: resuming it", file=sys.stderr)
+        summary = resume_sweep(exp.uri, address=args.address)
+    else:
+        summary = run_sweep(spec, address=args.address)
+    print(_summary_lines(summary))
+    if args.report:
+        _report_after(summary["path"])
     return 0
 
 
-def cmd_resume(args: argparse.Namespace) -> int:
-    from . import sweep
+def _report_after(path: str) -> None:
+    if "://" in path:
+        print(f"report: not written for {path} (reports read a local copy: see the README)", file=sys.stderr)
+        return
+    from analysis.report import write_report
 
-    print(_summary_lines(sweep.resume_sweep(args.path, address=args.address)))
+    print(write_report([path]))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .sweep.runner import resume_sweep
+
+    print(_summary_lines(resume_sweep(args.path, address=args.address)))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from . import sweep
+    from .sweep.export import export
 
-    sweep._spec_of(args.path)  # a clear error when this is not a sweep directory
-    print(_summary_lines(sweep.export(args.path)))
+    print(_summary_lines(export(args.path)))
     return 0
 
 
-# ---------------------------------------------------------------------- report
-def _optimization_figures(results, figs: Path) -> list[tuple[str, Path, str]]:
-    """(title, png, caption) for the Santurkar probes and Li et al. surfaces, when the data is there."""
-    from analysis import plots
-
-    out = []
-    if results.probes is not None and len(results.probes):
-        out.append(("How BatchNorm helps optimisation (Santurkar et al. 2018, Fig. 4)",
-                    plots.save(plots.santurkar_triple(results.trials, results.probes),
-                               figs / "santurkar_fig4.png"),
-                    "At weights w with minibatch gradient g, for step sizes η (multiples of the "
-                    "current lr): (a) the band of L(w − ηg), (b) the band of ‖∇L(w − ηg) − ∇L(w)‖, "
-                    "(c) max over η of ‖∇L(w − ηg) − ∇L(w)‖ / ‖ηg‖. Same minibatch, BN in training "
-                    "mode as in the step."))
-    if results.surfaces is not None and len(results.surfaces):
-        s = results.surfaces
-        out.append(("Loss landscape, 1D (Li et al. 2018)",
-                    plots.save(plots.landscape_1d(results.trials, s), figs / "landscape_1d.png"),
-                    "Final checkpoints, one filter-normalised random direction; eval mode on a "
-                    "fixed subset of the training set."))
-        if (s["kind"] == "2d").any():
-            out.append(("Loss landscape, 2D (Li et al. 2018)",
-                        plots.save(plots.landscape_2d(results.trials, s), figs / "landscape_2d.png"),
-                        "Two filter-normalised directions; one colour scale for all panels."))
-            out.append(("Loss landscape, 3D",
-                        plots.save(plots.landscape_3d(results.trials, s), figs / "landscape_3d.png"),
-                        ""))
-    return out
-
-
-def _missing_trials(results) -> list[str]:
-    """Grid combinations the spec asks for that have no trial in the export."""
-    import itertools
-    from collections import Counter
-
-    missing = []
-    for meta in results.specs:
-        spec = meta.get("spec") or {}
-        grid = {k: d["grid"] for k, d in (spec.get("space") or {}).items() if d.get("grid")}
-        if not grid:
-            continue
-        t = results.trials[results.trials["sweep"] == spec.get("name")]
-        have = Counter(tuple(str(v) for v in row) for row in t[list(grid)].itertuples(index=False))
-        want = Counter(tuple(str(v) for v in c) for c in itertools.product(*grid.values())
-                       for _ in range(spec.get("num_samples", 1) * max(1, len(spec.get("cases") or []))))
-        for combo, n in (want - have).items():
-            missing += [", ".join(f"{k}={v}" for k, v in zip(grid, combo))] * n
-    return missing
-
-
+# ---------------------------------------------------------------------- analysis
 def cmd_report(args: argparse.Namespace) -> int:
-    import pandas as pd
+    from analysis.report import write_report
 
-    from analysis import plots, table
-    from analysis.results import load, swept_keys
-
-    try:
-        results = load(*args.paths)
-    except FileNotFoundError as e:
-        raise UsageError(f"{e}\nFix: give the directory of a finished or interrupted sweep, "
-                         f"e.g. results/quick.") from None
-    out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
-    figs = out / "figures"
-    reference = table.load_reference(args.reference) if args.reference else None
-    tab, info = table.comparison_table(results.trials, results.epochs, baseline=args.baseline,
-                                       target=args.target, reference=reference)
-    paths = table.write_tables(tab, info, out)
-    trials = results.trials
-    names = ", ".join(dict.fromkeys(trials["sweep"].astype(str))) if len(trials) else "?"
-    md = [f"# vggbn report: {names}", ""]
-    missing = _missing_trials(results)
-    incomplete = trials[trials["status"] != "completed"]
-    if results.partial or missing:
-        pending = trials["status"] == "incomplete"
-        started = pending & (trials["epochs_run"] > 0)
-        md += [f"> **Partial sweep**: {int(started.sum())} trials unfinished and "
-               f"{int((pending & ~started).sum()) + len(missing)} not started; the table uses the "
-               f"completed ones (run `vggbn resume` to finish).", ""]
-        md += [f"> missing: {m}" for m in missing] + ([""] if missing else [])
-    for meta in results.specs:
-        desc = (meta.get("spec") or {}).get("description")
-        if desc:
-            md += [f"*{(meta.get('spec') or {}).get('name')}*: {desc}", ""]
-    md += [f"{len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in
-                                                 trials["status"].value_counts().items()), ""]
-    md += ["## Comparison table", "", paths["md"].read_text(), "",
-           f"Also as [CSV]({paths['csv'].name}) and [LaTeX]({paths['tex'].name}).", ""]
-    rel = lambda p: p.relative_to(out).as_posix()  # noqa: E731
-    fig = plots.save(plots.accuracy_bars(tab, info), figs / "accuracy.png")
-    md += [f"![test accuracy by variant]({rel(fig)})", ""]
-    fig = plots.save(plots.learning_curves(trials, results.epochs), figs / "learning_curves.png")
-    md += ["## Learning curves", "", f"![learning curves]({rel(fig)})", ""]
-    swept = swept_keys(trials)
-    if results.steps is not None and len(results.steps) and "lr" in swept and "bn" in swept:
-        band = trials
-        if "optimizer" in swept:  # the course's band: the optimizer run at the most learning rates
-            best = trials.groupby("optimizer")["lr"].nunique().idxmax()
-            band = trials[trials["optimizer"] == best]
-        fig = plots.save(plots.loss_band(band, results.steps[results.steps["trial_id"].isin(
-            band["trial_id"])]), figs / "loss_band.png")
-        md += ["## Loss band (BN vs no BN, across learning rates)", "",
-               "Per training step, the min and max of the training loss over the runs with "
-               "different learning rates (the course's band, per step across runs).", "",
-               f"![loss band]({rel(fig)})", ""]
-    for meta in results.specs:
-        spec = meta.get("spec") or {}
-        if spec.get("search") in ("optuna", "random") or (spec.get("scheduler") or {}).get("type") == "asha":
-            params = [k for k in (spec.get("space") or {}) if k != "seed"]
-            t = trials[trials["sweep"] == spec.get("name")]
-            metric = "best_val_acc" if spec.get("metric") == "val_acc" else spec.get("metric", "test_acc")
-            fig = plots.save(plots.hpo_progress(t, metric, spec.get("mode", "max"), params),
-                             figs / f"hpo_{spec.get('name')}.png")
-            md += [f"## Search: {spec.get('name')}", "", f"![search progress]({rel(fig)})", ""]
-    for title, png, caption in _optimization_figures(results, figs):
-        md += [f"## {title}", "", caption, "", f"![{title}]({rel(png)})", ""]
-    if results.probes is not None and len(results.probes):
-        beta = results.probes.groupby(["trial_id", "step"])["beta"].max().groupby("trial_id").median()
-        md += ["Median effective β-smoothness per trial (max over η at each probe):", ""]
-        md += [f"- {trials.set_index('trial_id').loc[t, 'label']}: {b:.3g}" for t, b in beta.items()]
-        md += [""]
-    md += ["## Trials that did not complete", ""]
-    if len(incomplete):
-        cols = [c for c in ("trial_id", "label", "seed", "status", "epochs_run", "error")
-                if c in incomplete]
-        md += [_md_table(incomplete[cols].fillna("")), ""]
-    else:
-        md += ["None: every trial completed.", ""]
-    wall = pd.to_numeric(trials.get("wall_time_s"), errors="coerce").sum()
-    prov_cols = [c for c in trials.columns if c.startswith("prov_") and c not in ("prov_created_utc",)]
-    md += ["## Provenance", "", f"- sweeps: {', '.join(results.paths)}",
-           f"- trial compute: {wall / 3600:.2f} h in {len(trials)} trials"]
-    for c in prov_cols:
-        vals = [str(v) for v in trials[c].dropna().unique()]
-        if vals:
-            md.append(f"- {c.removeprefix('prov_')}: {', '.join(vals[:5])}"
-                      + (f" (+{len(vals) - 5} more)" if len(vals) > 5 else ""))
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    n_ok = int(tab["n"].sum()) if len(tab) else 0
-    print(f"report: {out / 'report.md'}  ({len(tab)} variants, {n_ok} completed trials"
-          + (f", {len(incomplete)} not completed" if len(incomplete) else "")
-          + (f", {len(missing)} missing" if missing else "") + ")")
+    print(write_report(args.paths, args.out, baseline=args.baseline, target=args.target,
+                       reference=args.reference))
     return 0
-
-
-def _md_table(df) -> str:
-    cols = list(df.columns)
-    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    rows += ["| " + " | ".join(str(v).replace("|", "/") for v in r) + " |"
-             for r in df.itertuples(index=False)]
-    return "\n".join(rows)
 
 
 def cmd_landscape(args: argparse.Namespace) -> int:
-    from analysis.results import load
+    from .sweep.surfaces import landscape
 
-    from . import sweep
+    if args.resolution < 2 or args.samples < 1:
+        raise UsageError(f"--resolution {args.resolution} / --samples {args.samples}: need a resolution of "
+                         f"at least 2 points per axis and at least 1 sample.\nFix: e.g. --resolution 21 "
+                         f"--samples 2048")
+    summary = landscape(args.path, trial_ids=args.trials, resolution=args.resolution,
+                        samples=args.samples, seed=args.seed, address=args.address)
+    pngs = []
+    if "://" not in summary["path"]:  # the figures of a local experiment, as `vggbn report` draws them
+        from analysis.report import optimization_figures
+        from analysis.results import load
 
-    if not (Path(args.path) / "trials.parquet").is_file():
-        raise UsageError(f"{args.path}: no trials.parquet here.\nFix: run the sweep to its end "
-                         f"(`vggbn resume {args.path}`) or `vggbn export {args.path}` first.")
-    summary = sweep.landscape(args.path, trial_ids=args.trials, resolution=args.resolution,
-                              samples=args.samples, seed=args.seed, address=args.address)
-    results = load(args.path)
-    figs = Path(args.path) / "report" / "figures"
-    pngs = [png for _, png, _ in _optimization_figures(results, figs)]
+        figs = Path(summary["path"]) / "report" / "figures"
+        pngs = [str(png) for _, png, _ in optimization_figures(load(summary["path"]), figs)]
     print(f"surfaces of {summary['trials']} trials ({summary['points']} points) -> "
-          f"{Path(args.path) / 'surfaces.parquet'}; figures: {', '.join(str(p) for p in pngs)}"
+          f"{summary['path']}/surfaces.parquet" + (f"; figures: {', '.join(pngs)}" if pngs else "")
           + (f"; skipped (no checkpoint or diverged): {', '.join(summary['skipped'])}"
              if summary["skipped"] else ""))
     return 0
@@ -381,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a spec key: base.epochs=3, resources.gpu=0.5, storage=s3://b/p")
     sw.add_argument("--dry-run", action="store_true", help="list the trials; do not start Ray")
     sw.add_argument("--address", help="an existing Ray cluster (default: $RAY_ADDRESS, else local)")
+    sw.add_argument("--resume", action="store_true",
+                    help="if this spec's experiment exists already (wherever its storage is), resume it")
+    sw.add_argument("--report", action="store_true",
+                    help="then write the report (local storage) as `vggbn report` does")
     sw.set_defaults(func=cmd_sweep)
 
     rs = sub.add_parser("resume", help="continue an interrupted sweep, then export")
@@ -415,14 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from analysis.results import ResultsError
+
     from .data import DataError
-    from .sweep import SweepSpecError
+    from .sweep.spec import SweepSpecError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, ConfigError, DataError, SweepSpecError) as e:
+    except (UsageError, ConfigError, DataError, SweepSpecError, ResultsError) as e:
         if args.debug:
             raise
         print(f"vggbn {args.command}: error: {e}", file=sys.stderr)

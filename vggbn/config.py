@@ -115,7 +115,7 @@ class TrialConfig(BaseModel):
     @classmethod
     def _known_preset(cls, v: str | None) -> str | None:
         if v is not None and v not in PRESETS:
-            raise ValueError(f"unknown preset{_suggest(v, PRESETS)}; presets: {', '.join(PRESETS)}")
+            raise ValueError(f"unknown preset{suggest(v, PRESETS)}; presets: {', '.join(PRESETS)}")
         return v
 
     # ------------------------------------------------------------------ construction
@@ -160,15 +160,15 @@ class TrialConfig(BaseModel):
         unknown = [k for k in flat if k not in cls.model_fields]
         if unknown:
             k = unknown[0]
-            hint = _suggest(k, cls.model_fields) or f" (valid keys: {', '.join(cls.model_fields)})"
+            hint = suggest(k, cls.model_fields) or f" (valid keys: {', '.join(cls.model_fields)})"
             raise ConfigError(f"unknown key '{k}'{hint}")
         recipe = flat.get("recipe", DEFAULT_RECIPE)
         if recipe not in RECIPES:
-            raise ConfigError(f"recipe={recipe!r} is invalid: unknown recipe{_suggest(str(recipe), RECIPES)}; "
+            raise ConfigError(f"recipe={recipe!r} is invalid: unknown recipe{suggest(str(recipe), RECIPES)}; "
                               f"recipes: {', '.join(RECIPES)}")
         preset = flat.get("preset")
         if preset is not None and preset not in PRESETS:
-            raise ConfigError(f"preset={preset!r} is invalid: unknown preset{_suggest(str(preset), PRESETS)}; "
+            raise ConfigError(f"preset={preset!r} is invalid: unknown preset{suggest(str(preset), PRESETS)}; "
                               f"presets: {', '.join(PRESETS)}")
         try:  # `_expand` applies the recipe and the preset
             return cls.model_validate(flat)
@@ -185,7 +185,7 @@ class TrialConfig(BaseModel):
         return d
 
 
-def _suggest(word: str, choices) -> str:
+def suggest(word: str, choices) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -197,7 +197,7 @@ def format_validation_error(e: ValidationError, model: type[BaseModel]) -> str:
         key = ".".join(str(p) for p in err["loc"]) or "<config>"
         field = model.model_fields.get(str(err["loc"][0])) if err["loc"] else None
         if err["type"] == "extra_forbidden":
-            lines.append(f"unknown key '{key}'{_suggest(key, model.model_fields)}")
+            lines.append(f"unknown key '{key}'{suggest(key, model.model_fields)}")
             continue
         msg = err["msg"].removeprefix("Value error, ")
         desc = f" [{key}: {field.description}]" if field is not None and field.description else ""

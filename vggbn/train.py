@@ -1,4 +1,4 @@
-"""The trial: `fit(cfg, on_epoch, resume_state) -> result`. No Ray import (sweep.py wraps it).
+"""The trial: `fit(cfg, on_epoch, resume_state) -> result`. No Ray import (sweep/trainable.py wraps it).
 
 fit is a pure function of the config: same config and seed, same result on CPU. A diverging run
 (non-finite loss) stops and reports `diverged: True` instead of raising. The state handed to
@@ -8,16 +8,9 @@ fit is a pure function of the config: same config and seed, same result on CPU. 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import math
-import os
-import platform
-import socket
-import subprocess
 import time
 from collections.abc import Callable
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +20,7 @@ from .config import ConfigError, TrialConfig
 from .data import DeviceData, load
 from .models import build_model, count_params
 from .probes import probe, rng_state
+
 
 OnEpoch = Callable[[dict[str, Any], dict[str, Any]], None]
 
@@ -93,46 +87,6 @@ def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
     if cfg.schedule == "onecycle":  # with warm-up: a triangle (airbench); decays to 0
         return 1.0 - t
     return 1.0
-
-
-# ---------------------------------------------------------------------- provenance
-def _git_commit() -> tuple[str | None, bool | None]:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "-uno"],
-                                    capture_output=True, text=True, timeout=5).stdout.strip())
-        return commit, (dirty if commit else None)
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "mps":
-        return "Apple MPS"
-    return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
-
-
-def provenance(device: torch.device | None = None) -> dict[str, Any]:
-    """Versions, git commit, host and device: stored with every result file."""
-    def ver(pkg):
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return None
-
-    commit, dirty = _git_commit()
-    return {"vggbn_version": ver("vggbn"), "torch_version": torch.__version__,
-            "torchvision_version": ver("torchvision"), "ray_version": ver("ray"),
-            "python_version": platform.python_version(), "git_commit": commit, "git_dirty": dirty,
-            "hostname": socket.gethostname(), "platform": platform.platform(),
-            "device": str(device) if device is not None else None,
-            "device_name": device_name(device) if device is not None else None,
-            "cuda_version": torch.version.cuda,
-            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 # ---------------------------------------------------------------------- the trial

@@ -1,0 +1,152 @@
+"""report.md: the comparison table, the figures, the trials that did not complete, provenance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import plots, table
+from .results import load, swept_keys
+
+
+def optimization_figures(results, figs: Path) -> list[tuple[str, Path, str]]:
+    """(title, png, caption) for the Santurkar probes and Li et al. surfaces, when the data is there."""
+    out = []
+    if results.probes is not None and len(results.probes):
+        out.append(("How BatchNorm helps optimisation (Santurkar et al. 2018, Fig. 4)",
+                    plots.save(plots.santurkar_triple(results.trials, results.probes),
+                               figs / "santurkar_fig4.png"),
+                    "At weights w with minibatch gradient g, for step sizes η (multiples of the "
+                    "current lr): (a) the band of L(w − ηg), (b) the band of ‖∇L(w − ηg) − ∇L(w)‖, "
+                    "(c) max over η of ‖∇L(w − ηg) − ∇L(w)‖ / ‖ηg‖. Same minibatch, BN in training "
+                    "mode as in the step."))
+    if results.surfaces is not None and len(results.surfaces):
+        s = results.surfaces
+        out.append(("Loss landscape, 1D (Li et al. 2018)",
+                    plots.save(plots.landscape_1d(results.trials, s), figs / "landscape_1d.png"),
+                    "Final checkpoints, one filter-normalised random direction; eval mode on a "
+                    "fixed subset of the training set."))
+        if (s["kind"] == "2d").any():
+            out.append(("Loss landscape, 2D (Li et al. 2018)",
+                        plots.save(plots.landscape_2d(results.trials, s), figs / "landscape_2d.png"),
+                        "Two filter-normalised directions; one colour scale for all panels."))
+            out.append(("Loss landscape, 3D",
+                        plots.save(plots.landscape_3d(results.trials, s), figs / "landscape_3d.png"),
+                        ""))
+    return out
+
+
+def _missing_trials(results) -> list[str]:
+    """Grid combinations the spec asks for that have no trial in the export."""
+    import itertools
+    from collections import Counter
+
+    missing = []
+    for meta in results.specs:
+        spec = meta.get("spec") or {}
+        grid = {k: d["grid"] for k, d in (spec.get("space") or {}).items() if d.get("grid")}
+        if not grid:
+            continue
+        t = results.trials[results.trials["sweep"] == spec.get("name")]
+        have = Counter(tuple(str(v) for v in row) for row in t[list(grid)].itertuples(index=False))
+        want = Counter(tuple(str(v) for v in c) for c in itertools.product(*grid.values())
+                       for _ in range(spec.get("num_samples", 1) * max(1, len(spec.get("cases") or []))))
+        for combo, n in (want - have).items():
+            missing += [", ".join(f"{k}={v}" for k, v in zip(grid, combo))] * n
+    return missing
+
+
+def _md_table(df) -> str:
+    cols = list(df.columns)
+    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    rows += ["| " + " | ".join(str(v).replace("|", "/") for v in r) + " |"
+             for r in df.itertuples(index=False)]
+    return "\n".join(rows)
+
+
+def write_report(paths: list[str], out: str | Path | None = None, *, baseline: str = "vgg_a",
+                 target: float | None = None, reference: str | None = None) -> str:
+    """Write report.md, the tables and the figures of one or more exported sweeps into `out`
+    (default <first path>/report). Returns a one-line summary."""
+    results = load(*paths)
+    out = Path(out) if out else Path(paths[0]) / "report"
+    figs = out / "figures"
+    ref = table.load_reference(reference) if reference else None
+    tab, info = table.comparison_table(results.trials, results.epochs, baseline=baseline,
+                                       target=target, reference=ref)
+    paths = table.write_tables(tab, info, out)
+    trials = results.trials
+    names = ", ".join(dict.fromkeys(trials["sweep"].astype(str))) if len(trials) else "?"
+    md = [f"# vggbn report: {names}", ""]
+    missing = _missing_trials(results)
+    incomplete = trials[trials["status"] != "completed"]
+    if results.partial or missing:
+        pending = trials["status"] == "incomplete"
+        started = pending & (trials["epochs_run"] > 0)
+        md += [f"> **Partial sweep**: {int(started.sum())} trials unfinished and "
+               f"{int((pending & ~started).sum()) + len(missing)} not started; the table uses the "
+               f"completed ones (run `vggbn resume` to finish).", ""]
+        md += [f"> missing: {m}" for m in missing] + ([""] if missing else [])
+    for meta in results.specs:
+        desc = (meta.get("spec") or {}).get("description")
+        if desc:
+            md += [f"*{(meta.get('spec') or {}).get('name')}*: {desc}", ""]
+    md += [f"{len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in
+                                                 trials["status"].value_counts().items()), ""]
+    md += ["## Comparison table", "", paths["md"].read_text(), "",
+           f"Also as [CSV]({paths['csv'].name}) and [LaTeX]({paths['tex'].name}).", ""]
+    rel = lambda p: p.relative_to(out).as_posix()  # noqa: E731
+    fig = plots.save(plots.accuracy_bars(tab, info), figs / "accuracy.png")
+    md += [f"![test accuracy by variant]({rel(fig)})", ""]
+    fig = plots.save(plots.learning_curves(trials, results.epochs), figs / "learning_curves.png")
+    md += ["## Learning curves", "", f"![learning curves]({rel(fig)})", ""]
+    swept = swept_keys(trials)
+    if results.steps is not None and len(results.steps) and "lr" in swept and "bn" in swept:
+        band = trials
+        if "optimizer" in swept:  # the course's band: the optimizer run at the most learning rates
+            best = trials.groupby("optimizer")["lr"].nunique().idxmax()
+            band = trials[trials["optimizer"] == best]
+        fig = plots.save(plots.loss_band(band, results.steps[results.steps["trial_id"].isin(
+            band["trial_id"])]), figs / "loss_band.png")
+        md += ["## Loss band (BN vs no BN, across learning rates)", "",
+               "Per training step, the min and max of the training loss over the runs with "
+               "different learning rates (the course's band, per step across runs).", "",
+               f"![loss band]({rel(fig)})", ""]
+    for meta in results.specs:
+        spec = meta.get("spec") or {}
+        if spec.get("search") in ("optuna", "random") or (spec.get("scheduler") or {}).get("type") == "asha":
+            params = [k for k in (spec.get("space") or {}) if k != "seed"]
+            t = trials[trials["sweep"] == spec.get("name")]
+            metric = "best_val_acc" if spec.get("metric") == "val_acc" else spec.get("metric", "test_acc")
+            fig = plots.save(plots.hpo_progress(t, metric, spec.get("mode", "max"), params),
+                             figs / f"hpo_{spec.get('name')}.png")
+            md += [f"## Search: {spec.get('name')}", "", f"![search progress]({rel(fig)})", ""]
+    for title, png, caption in optimization_figures(results, figs):
+        md += [f"## {title}", "", caption, "", f"![{title}]({rel(png)})", ""]
+    if results.probes is not None and len(results.probes):
+        beta = results.probes.groupby(["trial_id", "step"])["beta"].max().groupby("trial_id").median()
+        md += ["Median effective β-smoothness per trial (max over η at each probe):", ""]
+        md += [f"- {trials.set_index('trial_id').loc[t, 'label']}: {b:.3g}" for t, b in beta.items()]
+        md += [""]
+    md += ["## Trials that did not complete", ""]
+    if len(incomplete):
+        cols = [c for c in ("trial_id", "label", "seed", "status", "epochs_run", "error")
+                if c in incomplete]
+        md += [_md_table(incomplete[cols].fillna("")), ""]
+    else:
+        md += ["None: every trial completed.", ""]
+    wall = pd.to_numeric(trials.get("wall_time_s"), errors="coerce").sum()
+    prov_cols = [c for c in trials.columns if c.startswith("prov_") and c not in ("prov_created_utc",)]
+    md += ["## Provenance", "", f"- sweeps: {', '.join(results.paths)}",
+           f"- trial compute: {wall / 3600:.2f} h in {len(trials)} trials"]
+    for c in prov_cols:
+        vals = [str(v) for v in trials[c].dropna().unique()]
+        if vals:
+            md.append(f"- {c.removeprefix('prov_')}: {', '.join(vals[:5])}"
+                      + (f" (+{len(vals) - 5} more)" if len(vals) > 5 else ""))
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    n_ok = int(tab["n"].sum()) if len(tab) else 0
+    return (f"report: {out / 'report.md'}  ({len(tab)} variants, {n_ok} completed trials"
+            + (f", {len(incomplete)} not completed" if len(incomplete) else "")
+            + (f", {len(missing)} missing" if missing else "") + ")")

@@ -1,0 +1,43 @@
+"""The export contract: metric names, trial statuses, file names and columns.
+
+`analysis/` reads what `vggbn.sweep.export` writes through these names only. A change that
+readers must know about bumps SCHEMA_VERSION; spec.yaml, each trial's config file and the parquet
+metadata carry it, so later code can read older experiments on purpose.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+# what a trial reports (fractions, not percent)
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+EPOCH_METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                 "lr", "epoch_time_s", "images_per_s", "diverged")
+STATUSES = ("completed", "early_stopped", "diverged", "errored", "incomplete")
+
+# an experiment directory <storage>/<name>/
+SPEC_FILE = "spec.yaml"                  # the validated spec as run (read back as data)
+CLAIM_FILE = "vggbn-claim.json"          # one experiment directory = one sweep
+TRIAL_DIR = "trial_{trial_id}"           # Ray's trial directories (trial_dirname_creator)
+TRIAL_CONFIG_FILE = "vggbn-config.json"  # the trial's resolved TrialConfig, written once at its start
+TRIAL_ERROR_FILE = "vggbn-error.json"    # a deterministic failure (out of memory, invalid config)
+RESTORE_NOTE_PREFIX = "restore-"         # restore-<ns>.json: a damaged checkpoint was skipped
+
+# checkpoint_NNNNNN/ inside a trial directory
+CKPT_STATE = "state.pt"      # torch state (weights_only=True loadable), sha256 in meta.json
+CKPT_META = "meta.json"      # epoch, sha256, params, provenance, the resolved config
+CKPT_JSON = {"steps": "steps.json", "probes": "probes.json", "history": "epochs.json"}
+
+# the export, beside Ray's files
+TRIALS = "trials.parquet"
+EPOCHS = "epochs.parquet"
+STEPS = "steps.parquet"
+PROBES = "probes.parquet"
+SURFACES = "surfaces.parquet"
+EXPORTED = (TRIALS, EPOCHS, STEPS, PROBES)   # rewritten (or removed when empty) by every export
+PARQUET_META_KEY = b"vggbn"                  # schema metadata: {"schema_version", "spec", "driver"}
+
+EPOCH_EXTRA = ("timestamp", "time_total_s", "node_id")
+STEP_COLUMNS = ("trial_id", "step", "epoch", "train_loss", "lr")
+PROBE_COLUMNS = ("trial_id", "step", "epoch", "eta", "eta_mult", "base_loss", "loss", "grad_diff", "beta")
+SURFACE_COLUMNS = ("trial_id", "kind", "alpha", "beta", "loss", "acc", "epoch")

@@ -1,0 +1,246 @@
+"""An experiment directory `<storage>/<name>/`: its URI and filesystem, its claim, atomic writes,
+the stored spec and each trial's resolved config. No Ray import here.
+
+Storage is a local directory, `file://`, `s3://` or `gs://` (pyarrow's filesystems, which Ray uses
+too). Every file vggbn writes appears whole or not at all: locally a temporary file renamed into
+place; on object storage one put (an object is visible only once its upload completed).
+
+One experiment directory = one sweep. `claim` creates `vggbn-claim.json` only if it does not
+exist: locally with an exclusive create (O_EXCL), on S3 with a conditional put (If-None-Match: *),
+so of two starts at once exactly one wins. Other stores (gs://) check, then write: two starts
+within the same moment could both pass there.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ..config import ConfigError, TrialConfig
+from ..schema import CLAIM_FILE, SCHEMA_VERSION, SPEC_FILE, TRIAL_CONFIG_FILE, TRIAL_DIR, TRIAL_ERROR_FILE
+from .spec import SweepSpec, SweepSpecError, stored_spec
+
+SCHEMES = ("s3", "gs", "gcs", "file")
+
+
+class ExperimentError(SweepSpecError):
+    """An experiment directory that cannot be used as asked: says what, where and the fix."""
+
+
+def normalize(path: str) -> str:
+    """A local path -> absolute path; file:// -> its local path; s3:// and gs:// stay URIs."""
+    path = str(path)
+    if "://" not in path:
+        return str(Path(path).expanduser().absolute())
+    scheme = path.split("://", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise ExperimentError(f"{path}: storage scheme {scheme}:// is not supported.\nFix: use a local "
+                              f"directory, file://, s3:// or gs://")
+    if scheme == "file":
+        return str(Path(urlparse(path).path).absolute())
+    if not urlparse(path).netloc:
+        raise ExperimentError(f"{path}: no bucket in the URI.\nFix: write {scheme}://BUCKET/PATH")
+    return path.rstrip("/")
+
+
+class Experiment:
+    def __init__(self, path: str):
+        import pyarrow.fs as pafs
+
+        self.uri = normalize(path)
+        self.local = "://" not in self.uri
+        try:
+            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+        except (OSError, ValueError) as e:
+            raise ExperimentError(f"{path}: cannot open this storage ({' '.join(str(e).split())[:300]}).\n"
+                                  f"Fix: check the URI and the credentials for it") from None
+        self.root = self.root.rstrip("/")
+        self.storage, self.name = self.uri.rsplit("/", 1)
+
+    def __repr__(self) -> str:
+        return f"Experiment({self.uri!r})"
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def trial_dir(self, trial_id: str) -> str:
+        return self.path(TRIAL_DIR.format(trial_id=trial_id))
+
+    # ------------------------------------------------------------------ files
+    def read_bytes(self, name: str) -> bytes | None:
+        """The file's bytes, or None when it does not exist."""
+        import pyarrow.fs as pafs
+
+        p = self.path(name)
+        try:
+            if self.fs.get_file_info(p).type != pafs.FileType.File:
+                return None
+            with self.fs.open_input_stream(p) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def exists(self, name: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(self.path(name)).type != pafs.FileType.NotFound
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Atomic: a temporary file renamed into place (local), one put (object storage)."""
+        p = self.path(name)
+        if self.local:
+            target = Path(p)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{time.time_ns()}")
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return
+        self.fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(p) as f:
+            f.write(data)
+
+    def write_parquet(self, name: str, table) -> None:
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self.write_bytes(name, buf.getvalue())
+
+    def remove(self, name: str) -> bool:
+        try:
+            if not self.exists(name):
+                return False
+            self.fs.delete_file(self.path(name))
+            return True
+        except (OSError, FileNotFoundError):
+            return False
+
+    def has_ray_state(self) -> bool:
+        import pyarrow.fs as pafs
+
+        try:
+            found = self.fs.get_file_info(pafs.FileSelector(self.root))
+        except (OSError, FileNotFoundError):
+            return False
+        return any(i.base_name.startswith("experiment_state") for i in found)
+
+    # ------------------------------------------------------------------ one experiment = one sweep
+    def claim(self, sweep: str) -> None:
+        """Make this directory this sweep's, atomically; ExperimentError if it is taken."""
+        body = json.dumps({"schema_version": SCHEMA_VERSION, "sweep": sweep, "host": socket.gethostname(),
+                           "pid": os.getpid(), "time": time.time()}).encode()
+        if self.local:
+            os.makedirs(self.root, exist_ok=True)
+            try:
+                fd = os.open(self.path(CLAIM_FILE), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                raise self._taken() from None
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+        elif self.uri.startswith("s3://"):
+            self._claim_s3(body)
+        else:  # gs://: no conditional create through pyarrow; check, then write
+            if self.exists(CLAIM_FILE):
+                raise self._taken()
+            self.write_bytes(CLAIM_FILE, body)
+        if self.has_ray_state():  # written before claims existed: taken all the same
+            self.release_claim()
+            raise self._taken()
+
+    def _claim_s3(self, body: bytes) -> None:
+        import boto3
+        from botocore.exceptions import ClientError
+
+        u = urlparse(self.uri)
+        key = f"{u.path.strip('/')}/{CLAIM_FILE}".lstrip("/")
+        try:
+            boto3.client("s3").put_object(Bucket=u.netloc, Key=key, Body=body, IfNoneMatch="*")
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412",
+                                                           "ConditionalRequestConflict"):
+                raise self._taken() from None
+            raise ExperimentError(f"{self.uri}: cannot write the claim ({e}).\nFix: check the bucket "
+                                  f"and the credentials") from None
+
+    def _taken(self) -> ExperimentError:
+        who = ""
+        try:
+            c = json.loads(self.read_bytes(CLAIM_FILE) or b"{}")
+            who = (f" (claimed by {c.get('host')} pid {c.get('pid')} at "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c.get('time', 0)))})")
+        except (OSError, ValueError, TypeError):
+            pass
+        return ExperimentError(f"{self.uri} already holds a sweep named {self.name}{who}.\n"
+                               f"Fix: `vggbn resume {self.uri}` to continue it, or --set name=OTHER "
+                               f"for a new one.")
+
+    def release_claim(self) -> None:
+        """Undo a start that failed before any trial ran, so a retry is not blocked."""
+        for name in (SPEC_FILE, CLAIM_FILE):
+            self.remove(name)
+
+    # ------------------------------------------------------------------ what was run
+    def write_spec(self, spec: SweepSpec) -> None:
+        import yaml
+
+        self.write_bytes(SPEC_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).encode())
+
+    def spec(self) -> SweepSpec:
+        """The stored spec, read as data, with storage and name where the directory is now (it may
+        have been moved or downloaded)."""
+        try:
+            raw = self.read_bytes(SPEC_FILE)
+        except OSError as e:
+            raise ExperimentError(f"{self.uri}: cannot be read ({' '.join(str(e).split())[:300]}).\n"
+                                  f"Fix: check the path and the credentials for it") from None
+        if raw is None:
+            raise ExperimentError(f"{self.uri}: no {SPEC_FILE} here, so it is not a vggbn sweep directory "
+                                  f"(expected <storage>/<name>/ as written by `vggbn sweep`)")
+        where = f"{self.uri}/{SPEC_FILE}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ExperimentError(f"{where}: not a text file.\nFix: restore it from the sweep file "
+                                  f"that started this experiment") from None
+        spec = stored_spec(text, where)
+        return spec.model_copy(update={"storage": self.storage, "name": self.name})
+
+    def write_trial_config(self, trial_id: str, cfg: TrialConfig) -> None:
+        self.write_bytes(f"{TRIAL_DIR.format(trial_id=trial_id)}/{TRIAL_CONFIG_FILE}", json.dumps(
+            {"schema_version": SCHEMA_VERSION, "config": cfg.to_flat()}, indent=1).encode())
+
+    def trial_config(self, trial_id: str) -> dict[str, Any] | None:
+        """The trial's resolved config as written when it started, or None."""
+        try:
+            raw = self.read_bytes(f"{TRIAL_DIR.format(trial_id=trial_id)}/{TRIAL_CONFIG_FILE}")
+            doc = json.loads(raw) if raw is not None else None
+        except (OSError, ValueError):
+            return None
+        return doc.get("config") if isinstance(doc, dict) and isinstance(doc.get("config"), dict) else None
+
+    def write_trial_error(self, trial_id: str, reason: str) -> None:
+        self.write_bytes(f"{TRIAL_DIR.format(trial_id=trial_id)}/{TRIAL_ERROR_FILE}",
+                         json.dumps({"time": time.time(), "error": reason}).encode())
+
+    def trial_error(self, trial_id: str) -> str | None:
+        try:
+            raw = self.read_bytes(f"{TRIAL_DIR.format(trial_id=trial_id)}/{TRIAL_ERROR_FILE}")
+            return str(json.loads(raw)["error"]) if raw is not None else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return "vggbn-error.json is unreadable"
+
+
+def resolved(flat: dict[str, Any]) -> TrialConfig | None:
+    try:
+        return TrialConfig.from_flat(flat)
+    except ConfigError:
+        return None

@@ -1,0 +1,169 @@
+"""Ray's experiment -> trials/epochs/steps/probes.parquet, the interface for analysis.
+
+What is exported is what was trained: each trial's config is the resolved one it stored when it
+started (or, for experiments written before that, the one in its checkpoint), never Ray's raw dict
+resolved with today's defaults. The history comes from Ray's results, completed by the trial's
+newest checkpoint (epochs whose results Ray lost with a dead node). Every file is written
+atomically; an optional file with nothing to hold is removed, so no stale one survives. Finished
+trials keep only their newest intact checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+
+from ..config import ConfigError, TrialConfig
+from ..schema import EPOCH_EXTRA, EPOCH_METRICS, EPOCHS, PARQUET_META_KEY, PROBES, SCHEMA_VERSION, STEPS, TRIALS
+from . import checkpoint
+from .experiment import Experiment, ExperimentError
+from .spec import flat_config
+
+FINISHED = ("completed", "early_stopped", "diverged")
+
+
+def _status(ray_status: str, last: dict, epochs: int, error: str | None) -> str:
+    if ray_status == "ERROR" or error:
+        return "errored"
+    if last.get("diverged"):
+        return "diverged"
+    if ray_status == "TERMINATED":
+        return "completed" if last.get("epoch", 0) >= epochs else "early_stopped"
+    return "incomplete"
+
+
+def _analysis(exp: Experiment):
+    from ray.tune import ExperimentAnalysis
+
+    quiet = logging.getLogger("ray.tune")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # trials that never started have no results yet: not news
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ExperimentAnalysis(exp.uri)
+    except Exception as e:  # noqa: BLE001  (Ray raises many kinds for a damaged state)
+        raise ExperimentError(f"{exp.uri}: Ray's experiment state cannot be read ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:300]}).\nFix: restore the directory as the "
+                              f"sweep wrote it (experiment_state-*.json, trial_*/)") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def trial_config(exp: Experiment, trial_id: str, raw: dict, ckpts: list[str]) -> tuple[dict, str | None]:
+    """(the trial's resolved config, a note when it could not be known), stored config first."""
+    stored = exp.trial_config(trial_id)
+    for path in ckpts if stored is None else []:
+        meta = checkpoint.read_meta(exp.fs, path)
+        if meta and isinstance(meta.get("config"), dict):
+            stored = meta["config"]
+            break
+    if stored is None and ckpts:  # written before configs were stored: the state holds it
+        state, _, _ = checkpoint.newest_readable(exp.fs, ckpts)
+        if state is not None and isinstance(state.get("config"), dict):
+            stored = state["config"]
+    try:
+        if stored is not None:
+            return TrialConfig.from_flat(stored).to_flat(), None
+        # never started: what it will train when resumed
+        return TrialConfig.from_flat(flat_config(raw)).to_flat(), None
+    except ConfigError as e:
+        return {k: v for k, v in flat_config(raw).items() if k in TrialConfig.model_fields}, str(e)
+
+
+def export(path: str, wall_time_s: float | None = None) -> dict:
+    """Write the parquet files next to the Ray experiment. Returns a summary."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from ..provenance import provenance
+
+    exp = Experiment(path)
+    spec = exp.spec()
+    ea = _analysis(exp)
+    driver = provenance()
+    rows, epoch_frames, step_rows, probe_rows, pruned = [], [], [], [], 0
+    for trial in ea.trials:
+        tid = trial.trial_id
+        tdir = exp.trial_dir(tid)
+        ckpts = [p for p in checkpoint.list_checkpoints(exp.fs, tdir) if checkpoint.read_meta(exp.fs, p)]
+        cfg, config_error = trial_config(exp, tid, trial.config, ckpts)
+        meta = checkpoint.read_meta(exp.fs, ckpts[0]) if ckpts else {}
+        saved = checkpoint.read_history(exp.fs, ckpts[0]) if ckpts else {"history": [], "steps": [], "probes": []}
+        df = ea.trial_dataframes.get(tid)
+        if df is None or df.empty:
+            df = pd.DataFrame(columns=list(EPOCH_METRICS))
+        df = df[[c for c in df.columns if c in EPOCH_METRICS or c in EPOCH_EXTRA]]
+        if "epoch" in df:
+            df = df.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last")
+            # the checkpoint's own history fills epochs whose results Ray lost (a node dying
+            # between a report and the driver logging it); those rows have no node_id/timestamp
+            lost = [h for h in saved["history"] if h.get("epoch") not in set(df["epoch"])]
+            if lost:
+                df = pd.concat([df, pd.DataFrame(lost)[[c for c in EPOCH_METRICS if c in lost[0]]]],
+                               ignore_index=True)
+            df = df.sort_values("epoch", ignore_index=True)
+        last = df.iloc[-1].to_dict() if len(df) else {}
+        error = exp.trial_error(tid) or config_error
+        status = _status(trial.status, last, cfg.get("epochs", 0) if not config_error else 0, error)
+        if status == "errored" and not error:
+            error = _ray_error(exp, tid)
+        sel = "val_acc" if "val_acc" in df and df["val_acc"].notna().any() else "test_acc"
+        best = df.loc[df[sel].idxmax()].to_dict() if sel in df and df[sel].notna().any() else {}
+        lr_ = trial.last_result or {}
+        row = {"trial_id": tid, "sweep": spec.name, "status": status, **cfg,
+               **{("final_lr" if m == "lr" else m): last.get(m) for m in EPOCH_METRICS},
+               "epochs_run": int(len(df)),
+               "best_epoch": best.get("epoch"), "best_test_acc": best.get("test_acc"),
+               "best_val_acc": best.get("val_acc"), "params": (meta or {}).get("params"),
+               "wall_time_s": lr_.get("time_total_s"), "node": lr_.get("node_ip"),
+               "hostname": lr_.get("hostname"), "node_id": lr_.get("node_id"),
+               "failures": int(getattr(trial, "num_failures", 0) or 0),
+               "restore_notes": checkpoint.restore_notes(exp.fs, tdir),
+               "error": error if status == "errored" else None}
+        prov = (meta or {}).get("provenance") or {**driver, "device": None, "device_name": None}
+        row.update({f"prov_{k}": v for k, v in prov.items()})
+        rows.append(row)
+        if len(df):
+            epoch_frames.append(df.assign(trial_id=tid))
+        step_rows += [{"trial_id": tid, **s} for s in saved["steps"]]
+        probe_rows += [{"trial_id": tid, **p} for p in saved["probes"]]
+        if status in FINISHED or (status == "errored" and exp.trial_error(tid)):
+            pruned += checkpoint.prune_finished(exp.fs, tdir)
+
+    trials = pd.DataFrame(rows)
+    file_meta = json.dumps({"schema_version": SCHEMA_VERSION, "spec": spec.model_dump(mode="json"),
+                            "driver": driver}).encode()
+
+    def write(df: pd.DataFrame, name: str) -> None:
+        table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+        exp.write_parquet(name, table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), PARQUET_META_KEY: file_meta}))
+
+    write(trials, TRIALS)
+    epochs_df = (pd.concat(epoch_frames, ignore_index=True) if epoch_frames
+                 else pd.DataFrame(columns=["trial_id", *EPOCH_METRICS]))
+    cols = ["trial_id"] + [c for c in epochs_df.columns if c != "trial_id"]
+    write(epochs_df[cols], EPOCHS)
+    for name, found in ((STEPS, step_rows), (PROBES, probe_rows)):
+        if found:
+            write(pd.DataFrame(found), name)
+        else:
+            exp.remove(name)  # an earlier export's file would describe other trials
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    notes = {r["trial_id"]: r["restore_notes"] for r in rows if r["restore_notes"]}
+    errors = {r["trial_id"]: r["error"] for r in rows if r["error"]}
+    return {"path": exp.uri, "trials": len(trials), "status": counts, "wall_time_s": wall_time_s,
+            "steps": len(step_rows), "probes": len(probe_rows), "restore_notes": notes,
+            "errors": errors, "failures": int(sum(r["failures"] for r in rows)), "pruned": pruned}
+
+
+def _ray_error(exp: Experiment, trial_id: str) -> str | None:
+    """The last line of the trial's error (Ray keeps error.txt in the trial's directory)."""
+    try:
+        raw = exp.read_bytes(f"trial_{trial_id}/error.txt")
+    except OSError:
+        return None
+    lines = [ln for ln in (raw or b"").decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1].strip()[:500] if lines else None

@@ -1,0 +1,203 @@
+"""Run and resume sweeps: Ray start, the pre-flight checks, data preparation, the Tuner.
+
+Ray internals still used, each checked once at start by `check_ray` (a clear error names the Ray
+versions vggbn was tested with): `TuneController._mark_trial_to_checkpoint` (schedulers.py) and,
+in `_wait_for_final_upload`, Ray's background upload thread found by the qualname of its target.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from ..config import TrialConfig
+from .experiment import Experiment, ExperimentError
+from .spec import CASE_KEY, SweepSpec, SweepSpecError
+
+RAY_TESTED = ("2.60",)  # the Ray releases the test suite ran on (pyproject.toml pins these)
+
+
+def check_ray() -> None:
+    """The Ray release and the internals vggbn relies on, once, before anything starts."""
+    import ray
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.schedulers import ASHAScheduler
+
+    missing = [name for owner, name in ((TuneController, "_mark_trial_to_checkpoint"),
+                                        (ASHAScheduler, "save"), (ASHAScheduler, "restore"))
+               if not callable(getattr(owner, name, None))]
+    if missing:
+        raise SweepSpecError(f"Ray {ray.__version__} lacks {', '.join(missing)}, which vggbn uses; "
+                             f"vggbn is tested with Ray {', '.join(RAY_TESTED)}.\nFix: pip install "
+                             f"'ray[tune]=={RAY_TESTED[-1]}.*'")
+
+
+def _init_ray(address: str | None) -> bool:
+    """Connect to a cluster or start a local Ray; True when it started a local one."""
+    import ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the table with the swept flags
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # resume loses at most ~5 s
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    kw: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING",
+                          "log_to_driver": False}
+    ray.init(address=address, **kw) if address else ray.init(**kw)
+    return not address
+
+
+def _check_gpus(spec: SweepSpec, local: bool) -> None:
+    """A local Ray without GPUs would leave GPU trials pending forever (a cluster may autoscale)."""
+    import ray
+
+    if local and spec.resources.gpu > 0 and not ray.cluster_resources().get("GPU"):
+        raise SweepSpecError(f"resources.gpu: {spec.resources.gpu:g}, but this machine has no GPU "
+                             f"visible to Ray.\nFix: --set resources.gpu=0 to run on the CPU, or "
+                             f"--address a cluster with GPU workers.")
+
+
+def prepare_data(spec: SweepSpec) -> SweepSpec:
+    """The driver fetches/decodes each dataset once before trials start; trials get an absolute
+    data_dir (the per-node file lock in data.prepare stays as the fallback)."""
+    from .. import data
+
+    datasets = (list(spec.space["dataset"].values) if "dataset" in spec.space
+                else [TrialConfig.from_flat({**spec.base, **c}).dataset for c in spec.cases or [{}]])
+    base = dict(spec.base)
+    if any(d != "synthetic" for d in datasets) and not base.get("data_dir"):
+        base["data_dir"] = data.default_data_dir()
+    for d in datasets:
+        if d != "synthetic":
+            data.prepare(d, base.get("data_dir"))
+    return spec.model_copy(update={"base": base})
+
+
+def _wait_for_final_upload(timeout: float = 600.0) -> None:
+    """Wait for Ray's last upload of the experiment state to storage. In Ray 2.60 the snapshot
+    forced at the end of fit() waits for the previous upload, then starts the last one in a
+    daemon thread that nothing joins: an export right after fit() could read the state before
+    it, and a process that exits at once could leave a stale state in S3."""
+    import threading
+
+    for t in threading.enumerate():
+        target = getattr(t, "_target", None)
+        if t is not threading.current_thread() and "_BackgroundProcess" in getattr(target, "__qualname__", ""):
+            t.join(timeout)
+
+
+def _trainable(spec: SweepSpec, exp: Experiment):
+    from ray import tune
+
+    from .trainable import vggbn_trial
+
+    fn = tune.with_parameters(vggbn_trial, experiment=exp.uri, checkpoint_every=spec.checkpoint_every)
+    res = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    if spec.resources.memory_gb:
+        res["memory"] = int(spec.resources.memory_gb * 2**30)
+    return tune.with_resources(fn, res)
+
+
+def _reporter(spec: SweepSpec):
+    from ray.tune import CLIReporter
+
+    metrics = ["epoch", "train_loss"]
+    metrics += ["val_acc"] if spec.metric.startswith("val_") or "val_fraction" in spec.base else []
+    metrics += ["test_acc"]
+    common = set.intersection(*(set(c) for c in spec.cases)) if spec.cases else set()
+    params = list(spec.space) + sorted(f"{CASE_KEY}/{k}" for k in common)  # keys every case sets
+    params = params or [k for k in ("preset", "seed") if k in spec.base]
+    return CLIReporter(parameter_columns=params, metric_columns=metrics, max_report_frequency=30,
+                       sort_by_metric=False)
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(spec: SweepSpec, exp: Experiment | None = None):
+    from ray import tune
+
+    from . import schedulers
+
+    exp = exp or Experiment(spec.experiment_path())
+    scheduler, callbacks = schedulers.build(spec)
+    search_alg = None
+    if spec.search == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    elif spec.search == "random":
+        from ray.tune.search import BasicVariantGenerator
+
+        search_alg = BasicVariantGenerator(random_state=spec.seed)
+    return tune.Tuner(
+        _trainable(spec, exp),
+        param_space=spec.param_space(),
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
+                                    search_alg=search_alg, num_samples=spec.num_samples,
+                                    max_concurrent_trials=spec.max_concurrent or None,
+                                    trial_dirname_creator=_trial_dirname,
+                                    reuse_actors=True),  # no process start + torch import per trial
+        run_config=tune.RunConfig(
+            name=exp.name, storage_path=exp.storage,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
+            callbacks=callbacks, progress_reporter=_reporter(spec), verbose=1),
+    )
+
+
+def run_sweep(spec: SweepSpec, *, address: str | None = None, prepare: bool = True) -> dict:
+    """Claim the experiment directory, run the sweep to the end, then export. Returns the export's
+    summary. A start that fails before any trial ran gives its claim back."""
+    from .export import export
+
+    exp = Experiment(spec.experiment_path())
+    exp.claim(spec.name)
+    try:
+        check_ray()
+        if prepare:
+            spec = prepare_data(spec)
+        local = _init_ray(address)
+        _check_gpus(spec, local)
+        exp.write_spec(spec.model_copy(update={"storage": exp.storage}))
+        tuner = build_tuner(spec, exp)
+    except BaseException:
+        exp.release_claim()
+        raise
+    t0 = time.time()
+    tuner.fit()
+    _wait_for_final_upload()
+    return export(exp.uri, wall_time_s=time.time() - t0)
+
+
+def resume_sweep(path: str, *, address: str | None = None) -> dict:
+    """Continue an interrupted sweep: finished trials stay, unfinished ones continue from their
+    last checkpoint, errored ones are retried (from their checkpoint)."""
+    from ray import tune
+
+    from .export import export
+
+    exp = Experiment(path)
+    spec = exp.spec()
+    if not exp.has_ray_state():
+        raise ExperimentError(f"{exp.uri}: the sweep was claimed but no trial ever started (no "
+                              f"experiment_state-*.json).\nFix: if that start is dead, delete "
+                              f"{exp.uri}/vggbn-claim.json and run `vggbn sweep` again")
+    check_ray()
+    _init_ray(address)
+    t0 = time.time()
+    try:
+        tuner = tune.Tuner.restore(exp.uri, trainable=_trainable(spec, exp), resume_unfinished=True,
+                                   resume_errored=True)
+    except (ValueError, RuntimeError, OSError, ModuleNotFoundError, AttributeError) as e:
+        raise ExperimentError(f"{exp.uri}: Ray cannot restore this experiment "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:300]}).\nFix: finish it "
+                              f"with the vggbn release that started it, or `vggbn export` what it "
+                              f"has") from None
+    tuner.fit()
+    _wait_for_final_upload()
+    return export(exp.uri, wall_time_s=time.time() - t0)

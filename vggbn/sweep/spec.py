@@ -1,0 +1,368 @@
+"""SweepSpec (the YAML sweep file), load_spec, the stored spec, dry_run. No Ray import here.
+
+A sweep file is validated before anything starts: an unknown key, a bad value, a grid mixed with
+Optuna, a tuning metric on the test set, or two grid points that resolve to one trial config fail
+with the file, the key path and the fix. A spec stored in an experiment (`spec.yaml`) is read back
+as data: its structure is checked, today's trial-config rules are not applied to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+
+from ..config import ConfigError, TrialConfig, suggest
+from ..schema import METRICS, SCHEMA_VERSION
+
+MAX_TRIALS = 100_000  # a sweep larger than this is a typo (num_samples: 1e9), not a study
+DRY_RUN_LINES = 200
+
+
+class SweepSpecError(ValueError):
+    """A sweep file that cannot run: names the file, the key path and what is wrong."""
+
+
+# ---------------------------------------------------------------------- the spec
+class Dim(BaseModel):
+    """One searched TrialConfig key: exactly one of grid, choice, uniform, loguniform, randint."""
+
+    model_config = ConfigDict(extra="forbid")
+    grid: list[Any] | None = None
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        set_ = [k for k in ("grid", "choice", "uniform", "loguniform", "randint")
+                if getattr(self, k) is not None]
+        if len(set_) != 1:
+            raise ValueError("give exactly one of grid, choice, uniform, loguniform, randint"
+                             + (f" (got {', '.join(set_)})" if set_ else ""))
+        kind = set_[0]
+        val = getattr(self, kind)
+        if kind in ("grid", "choice") and not val:
+            raise ValueError(f"{kind} needs at least one value")
+        if kind in ("uniform", "loguniform", "randint") and not val[0] < val[1]:
+            raise ValueError(f"{kind} needs [low, high] with low < high (got {list(val)})")
+        if kind == "loguniform" and val[0] <= 0:
+            raise ValueError(f"loguniform needs low > 0 (got {val[0]})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("grid", "choice", "uniform", "loguniform", "randint")
+                    if getattr(self, k) is not None)
+
+    @property
+    def values(self):
+        return getattr(self, self.kind)
+
+    def probe_values(self) -> list[Any]:
+        """Values that must each make a valid TrialConfig (all listed; the ends of ranges)."""
+        if self.kind in ("grid", "choice"):
+            return list(self.values)
+        if self.kind == "randint":  # tune.randint's upper bound is exclusive
+            return [self.values[0], self.values[1] - 1]
+        return list(self.values)
+
+    def to_tune(self):
+        from ray import tune
+
+        v = self.values
+        if self.kind == "grid":
+            return tune.grid_search(list(v))
+        if self.kind == "choice":
+            return tune.choice(list(v))
+        return getattr(tune, self.kind)(v[0], v[1])  # uniform, loguniform, randint
+
+    def describe(self) -> str:
+        return f"{self.kind} {list(self.values)}"
+
+
+class Scheduler(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["fifo", "asha"] = "fifo"
+    grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
+    reduction_factor: float = Field(3.0, gt=1.0, description="ASHA keeps 1/reduction_factor per rung")
+    max_t: int | None = Field(None, ge=1, description="ASHA's last rung in epochs (default: epochs)")
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial (also its torch threads)")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial; a fraction packs trials on one GPU")
+    memory_gb: float = Field(0.0, ge=0, description="host RAM per trial in GiB (0 = no reservation): "
+                             "Ray schedules by it and a CPU trial is capped to it, so a trial that "
+                             "outgrows it errors alone instead of the kernel's OOM killer taking "
+                             "the node's other trials")
+
+    @model_validator(mode="after")
+    def _whole_gpus(self):
+        if self.gpu > 1 and self.gpu != int(self.gpu):
+            raise ValueError(f"gpu={self.gpu}: above 1, GPUs per trial must be a whole number")
+        return self
+
+
+class SweepSpec(BaseModel):
+    """One sweep file. `base` + `space` are TrialConfig keys, checked before anything starts."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = Field(SCHEMA_VERSION, ge=1, description="the spec format (set when stored)")
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=100,
+                      description="experiment directory name: letters, digits, _ . - (not starting "
+                                  "with a dot)")
+    description: str = Field("", description="what it runs, what it costs, what it should reach")
+    metric: str = "test_acc"
+    mode: Literal["max", "min"] = "max"
+    base: dict[str, Any] = Field(default_factory=dict)
+    cases: list[dict[str, Any]] = Field(default_factory=list, description="explicit setups (TrialConfig "
+                                        "overrides of base), each crossed with the grid")
+    space: dict[str, Dim] = Field(default_factory=dict)
+    search: Literal["grid", "random", "optuna"] = "grid"
+    seed: int | None = Field(0, description="seed of the random / Optuna TPE sampler")
+    num_samples: int = Field(1, ge=1, le=MAX_TRIALS,
+                             description="grid: repeats of the grid; random/optuna: trials")
+    max_concurrent: int = Field(0, ge=0, description="trials at once (0 = as resources allow)")
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    resources: Resources = Field(default_factory=Resources)
+    storage: str = Field("results", description="local directory or s3:// / gs:// URI")
+    max_failures: int = Field(2, ge=0, description="retries of a failed trial (from its checkpoint)")
+    checkpoint_every: int = Field(1, ge=1, description="epochs between trial checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="most recent checkpoints kept per trial")
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo):
+        if self.schema_version > SCHEMA_VERSION:
+            raise ValueError(f"schema_version: {self.schema_version} was written by a newer vggbn "
+                             f"(this one reads up to {SCHEMA_VERSION}); upgrade vggbn")
+        if info.context and info.context.get("stored"):  # data as run: today's rules don't apply
+            return self
+        if self.trial_count() > MAX_TRIALS:
+            raise ValueError(f"space: {self.trial_count():,} trials (grid x cases x num_samples) is more "
+                             f"than {MAX_TRIALS:,}; shrink the grid or num_samples")
+        try:
+            base = TrialConfig.from_flat(self.base)
+        except ConfigError as e:
+            raise ValueError(f"base{': ' if str(e).startswith('unknown') else '.'}{e}") from None
+        for i, case in enumerate(self.cases):
+            try:
+                TrialConfig.from_flat({**self.base, **case})
+            except ConfigError as e:
+                raise ValueError(f"cases[{i}]: {e}") from None
+            both = sorted(set(case) & set(self.space))
+            if both:
+                raise ValueError(f"cases[{i}].{both[0]}: also in space; set it in one place")
+        for key, dim in self.space.items():
+            if key not in TrialConfig.model_fields:
+                raise ValueError(f"space.{key}: unknown TrialConfig key"
+                                 f"{suggest(key, TrialConfig.model_fields)}")
+            if key in self.base:
+                raise ValueError(f"space.{key}: also set in base; set it in one place")
+            for i, v in enumerate(dim.probe_values()):
+                try:
+                    TrialConfig.from_flat({**self.base, key: v})
+                except ConfigError as e:
+                    raise ValueError(f"space.{key}.{dim.kind}[{i}]: {e}") from None
+            if self.search == "optuna" and dim.kind == "grid":
+                raise ValueError(f"space.{key}: grid cannot be mixed with search: optuna (Optuna "
+                                 f"samples every dimension); use choice: {list(dim.values)}")
+            if self.search == "grid" and dim.kind != "grid":
+                raise ValueError(f"space.{key}: {dim.kind} needs search: random or optuna "
+                                 f"(search: grid enumerates grid dimensions only)")
+        self._check_distinct_grid_points()
+        if self.metric not in METRICS:
+            raise ValueError(f"metric: {self.metric!r} is not reported by a trial"
+                             f"{suggest(self.metric, METRICS)}; reported: {', '.join(METRICS)}")
+        want = "max" if self.metric.endswith("_acc") else "min"
+        if self.mode != want:
+            raise ValueError(f"mode: {self.metric} should be mode: {want}")
+        if self.metric.startswith("val_"):
+            fracs = ([d.values for k, d in self.space.items() if k == "val_fraction"] or
+                     [[base.val_fraction]])[0]
+            if not all(f and f > 0 for f in fracs):
+                raise ValueError(f"metric: {self.metric} needs a validation split: set "
+                                 f"base.val_fraction (e.g. 0.1)")
+        tunes = self.scheduler.type == "asha" or self.search == "optuna"
+        if tunes and self.metric.startswith("test_"):
+            raise ValueError(f"metric: {self.metric} would tune on the test set (scheduler "
+                             f"{self.scheduler.type}, search {self.search}); use val_acc with "
+                             f"base.val_fraction: 0.1 (model selection never looks at the test set)")
+        if self.scheduler.type == "asha":
+            epochs = max(self.trial_epochs())
+            max_t = self.scheduler.max_t or epochs
+            if max_t > epochs:
+                raise ValueError(f"scheduler.max_t: {max_t} is beyond the trials' {epochs} epochs")
+            if self.scheduler.grace_period > max_t:
+                raise ValueError(f"scheduler.grace_period: {self.scheduler.grace_period} is "
+                                 f"beyond max_t {max_t}")
+        return self
+
+    def _check_distinct_grid_points(self, limit: int = 20_000) -> None:
+        """Two grid points that resolve to one trial config would put one model in the table under
+        two labels (as the original study's "Res" and "LeakyReLU" rows did): refuse them."""
+        if self.search != "grid" or self.trial_count() // self.num_samples > limit:
+            return
+        dims = self.grid_dims()
+        seen: dict[tuple, dict[str, Any]] = {}
+        for case in self.cases or [{}]:
+            for values in itertools.product(*dims.values()):
+                point = {**case, **dict(zip(dims, values))}
+                flat = TrialConfig.from_flat({**self.base, **point}).to_flat()
+                flat.pop("preset")  # a label: the flags it set are in the config
+                key = tuple(sorted((k, repr(v)) for k, v in flat.items()))
+                if key in seen:
+                    a, b = seen[key], point
+                    diff = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
+                    if not diff:
+                        raise ValueError("space: the grid holds " + ", ".join(
+                            f"{k}={v!r}" for k, v in b.items()) + " twice; remove the repeat")
+                    what = ", ".join(f"{k}={a.get(k)!r} and {k}={b.get(k)!r}" for k in diff)
+                    hint = (" (e.g. base.recipe: seed, the study's Adam recipe, under which the "
+                            "optimizer rows differ)" if "preset" in diff else "")
+                    raise ValueError(
+                        f"space: {what} resolve to the same trial config under recipe "
+                        f"{flat['recipe']}, so the table would show one model under two labels; "
+                        f"drop one, or set what should differ between them{hint}")
+                seen[key] = point
+
+    # -------------------------------------------------------------- derived
+    def trial_epochs(self) -> list[int]:
+        if "epochs" in self.space:
+            return [int(v) for v in self.space["epochs"].probe_values()]
+        return [TrialConfig.from_flat({**self.base, **c}).epochs for c in self.cases or [{}]]
+
+    def grid_dims(self) -> dict[str, list]:
+        return {k: list(d.values) for k, d in self.space.items() if d.kind == "grid"}
+
+    def trial_count(self) -> int:
+        return (math.prod(len(v) for v in self.grid_dims().values()) * self.num_samples
+                * max(1, len(self.cases)))
+
+    def storage_uri(self) -> str:
+        return self.storage if "://" in self.storage else str(Path(self.storage).absolute())
+
+    def experiment_path(self) -> str:
+        return f"{self.storage_uri().rstrip('/')}/{self.name}"
+
+    def param_space(self) -> dict[str, Any]:
+        space = {**self.base, **{k: d.to_tune() for k, d in self.space.items()}}
+        if self.cases:
+            from ray import tune
+
+            space[CASE_KEY] = tune.grid_search([dict(c) for c in self.cases])
+        return space
+
+
+CASE_KEY = "_case"
+
+
+def flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray's trial config -> a flat TrialConfig dict (a case's keys override base's)."""
+    return {**{k: v for k, v in config.items() if k != CASE_KEY}, **(config.get(CASE_KEY) or {})}
+
+
+def _set_path(d: dict, path: str, value: Any) -> None:
+    keys = path.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            raise SweepSpecError(f"--set {path}: {k} is not a section")
+    d[keys[-1]] = value
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """Read and validate a sweep file; `overrides` are dotted paths (base.epochs=3)."""
+    path = Path(path)
+    if path.is_dir():
+        raise SweepSpecError(f"{path}: is a directory, not a sweep file.\nFix: give a YAML file, "
+                             f"e.g. sweeps/quick.yaml (to continue an experiment: vggbn resume DIR)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise SweepSpecError(f"{path}: no such sweep file (the shipped ones are in sweeps/)") from None
+    except UnicodeDecodeError:
+        raise SweepSpecError(f"{path}: not a text file (not UTF-8).\nFix: give a YAML sweep file, "
+                             f"e.g. sweeps/quick.yaml") from None
+    except OSError as e:
+        raise SweepSpecError(f"{path}: cannot be read ({e.strerror or e}).\nFix: check the path and "
+                             f"its permissions") from None
+    raw = _parse_yaml(text, str(path))
+    for k, v in (overrides or {}).items():
+        _set_path(raw, k, v)
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SweepSpecError(f"{path}: {_spec_errors(e)}") from None
+
+
+def _parse_yaml(text: str, where: str) -> dict:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SweepSpecError(f"{where}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise SweepSpecError(f"{where}: a sweep file is a mapping (name:, base:, space: ...)")
+    return raw
+
+
+def stored_spec(text: str, where: str) -> SweepSpec:
+    """An experiment's spec.yaml, read as data: its structure is checked, not today's trial-config
+    rules (an old spec may hold a grid point that today's defaults would refuse)."""
+    raw = _parse_yaml(text, where)
+    try:
+        return SweepSpec.model_validate(raw, context={"stored": True})
+    except ValidationError as e:
+        raise SweepSpecError(f"{where}: not a spec vggbn can read ({_spec_errors(e)}).\nFix: restore "
+                             f"the file from the run that wrote it (or a copy of that sweep file)") from None
+
+
+def _spec_errors(e: ValidationError) -> str:
+    out = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            top = err["loc"][0] if len(err["loc"]) == 1 else None
+            hint = suggest(str(top), SweepSpec.model_fields) if top else ""
+            out.append(f"{loc}: unknown key{hint}")
+        elif err["type"] == "missing":
+            out.append(f"{loc}: required")
+        else:
+            out.append(f"{loc + ': ' if loc else ''}{msg}"
+                       + (f" (got {err['input']!r})" if loc and "input" in err
+                          and not isinstance(err["input"], dict) else ""))
+    return "; ".join(out)
+
+
+def dry_run(spec: SweepSpec) -> str:
+    """The trials a sweep would run, without starting Ray."""
+    grid = spec.grid_dims()
+    sampled = {k: d for k, d in spec.space.items() if d.kind != "grid"}
+    combos = list(itertools.product(*grid.values())) or [()]
+    lines = [f"sweep {spec.name}: {spec.trial_count()} trials "
+             f"(search {spec.search}, scheduler {spec.scheduler.type}, metric {spec.metric} "
+             f"{spec.mode}, {spec.resources.cpu:g} CPU + {spec.resources.gpu:g} GPU each) -> "
+             f"{spec.experiment_path()}"]
+    if spec.base:
+        lines.append("base: " + ", ".join(f"{k}={v}" for k, v in spec.base.items()))
+    n = 0
+    for _ in range(spec.num_samples):
+        for case, combo in itertools.product(spec.cases or [{}], combos):
+            n += 1
+            flags = ", ".join(f"{k}={v}" for k, v in [*case.items(), *zip(grid, combo)])
+            flags += ("; " if flags and sampled else "") + ", ".join(
+                f"{k} ~ {d.describe()}" for k, d in sampled.items())
+            if n > DRY_RUN_LINES:
+                lines.append(f"  ... and {spec.trial_count() - DRY_RUN_LINES:,} more")
+                return "\n".join(lines)
+            lines.append(f"  {n:3d}  {flags}")
+    return "\n".join(lines)
+
+

@@ -1,0 +1,91 @@
+"""The Li et al. job: surfaces around each trial's final checkpoint -> surfaces.parquet.
+
+Checkpoints are read through checkpoint.py (sha256 checked, weights_only, the newest intact one);
+the config is the trial's stored, resolved one. Grid points run as Ray tasks when a cluster is
+given (--address / RAY_ADDRESS). surfaces.parquet is merged by trial: surfaces of trials not asked
+for this time are kept.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+from ..schema import SURFACES, TRIALS
+from . import checkpoint
+from .experiment import Experiment, ExperimentError
+from .export import trial_config
+
+
+def ray_map(fn, args: tuple, parts: list) -> list:
+    """Run fn(*args, part) for each part as Ray tasks; the shared args go to the object store once."""
+    import ray
+
+    refs = [ray.put(a) for a in args]
+    task = ray.remote(num_cpus=1)(fn)
+    return ray.get([task.remote(*refs, part) for part in parts])
+
+
+def _read_parquet(exp: Experiment, name: str):
+    import pandas as pd
+
+    raw = exp.read_bytes(name)
+    if raw is None:
+        return None
+    try:
+        return pd.read_parquet(io.BytesIO(raw))
+    except Exception as e:  # noqa: BLE001  (pyarrow raises several kinds for a damaged file)
+        raise ExperimentError(f"{exp.uri}/{name}: not a readable parquet file ({type(e).__name__}).\n"
+                              f"Fix: `vggbn export {exp.uri}` rewrites the export"
+                              + ("" if name == TRIALS else f"; for {name}, delete it and run this again")) from None
+
+
+def landscape(path: str, *, trial_ids: list[str] | None = None, resolution: int = 21,
+              samples: int = 2048, seed: int = 0, address: str | None = None) -> dict:
+    """Li et al. surfaces around the final checkpoint of each (chosen) trial."""
+    import pandas as pd
+
+    from ..landscape import surfaces
+    from .runner import _init_ray
+
+    exp = Experiment(path)
+    exp.spec()  # a clear error when this is not a sweep directory
+    trials = _read_parquet(exp, TRIALS)
+    if trials is None:
+        raise ExperimentError(f"{exp.uri}: no {TRIALS} here.\nFix: run the sweep to its end "
+                              f"(`vggbn resume {exp.uri}`) or `vggbn export {exp.uri}` first.")
+    known = [str(t) for t in trials["trial_id"]]
+    unknown = sorted(set(trial_ids or []) - set(known))
+    if unknown:
+        raise ExperimentError(f"{exp.uri}: no trial {', '.join(unknown)} (trials: {', '.join(sorted(known))})")
+    map_chunks = None
+    if address or os.environ.get("RAY_ADDRESS"):
+        _init_ray(address)
+        map_chunks = ray_map
+    frames, skipped = [], []
+    for tid in known:
+        if trial_ids and tid not in trial_ids:
+            continue
+        ckpts = checkpoint.list_checkpoints(exp.fs, exp.trial_dir(tid))
+        state, _, _ = checkpoint.newest_readable(exp.fs, ckpts)
+        history = (state or {}).get("history") or []
+        if state is None or (history and history[-1].get("diverged")):
+            skipped.append(tid)
+            continue
+        cfg, error = trial_config(exp, tid, {}, ckpts)
+        if error:
+            skipped.append(tid)
+            continue
+        df = surfaces(cfg, state["model"], resolution=resolution, samples=samples, seed=seed,
+                      map_chunks=map_chunks)
+        frames.append(df.assign(trial_id=tid, epoch=state["epoch"]))
+    if not frames:
+        raise ExperimentError(f"{exp.uri}: no trial with a usable checkpoint (skipped: {', '.join(skipped)})")
+    new = pd.concat(frames, ignore_index=True)
+    old = _read_parquet(exp, SURFACES)
+    if old is not None:  # keep the surfaces of trials not recomputed now
+        new = pd.concat([old[~old["trial_id"].isin(new["trial_id"])], new], ignore_index=True)
+    import pyarrow as pa
+
+    exp.write_parquet(SURFACES, pa.Table.from_pandas(new, preserve_index=False))
+    return {"path": exp.uri, "trials": len(frames), "skipped": skipped, "points": len(new)}

@@ -1,0 +1,141 @@
+"""The Ray trainable around `fit()`: one trial, its resolved config, its checkpoints, and the
+failures that are deterministic (out of memory, an invalid config).
+
+The trial's resolved config is the truth: written once, when the trial first starts, to
+`trial_<id>/vggbn-config.json` and into every checkpoint's meta.json. A retry or a resume trains
+that stored config (or, for an experiment written before configs were stored, the one in its
+checkpoint), never today's defaults applied to Ray's raw dict.
+
+Deterministic failures are not retried: Ray 2.60 retries every exception up to max_failures, so
+an out-of-memory or an invalid config ends its trial without raising, with its one-line reason in
+`trial_<id>/vggbn-error.json`; Ray never re-runs it and the export marks it `errored`.
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, TrialConfig
+from . import checkpoint
+from .experiment import Experiment
+from .spec import flat_config
+
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def _oom_message(cfg: TrialConfig, device, e: BaseException, resources: dict) -> str:
+    import torch
+
+    what = " ".join(str(e).split())
+    what = what[what.find("DefaultCPUAllocator"):] if "DefaultCPUAllocator" in what else what
+    if device.type == "cuda":
+        share = resources.get("GPU", 0)
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        budget = f"resources.gpu={share or 1:g} of {total:.1f} GiB"
+        more = "give each trial a larger resources.gpu (fewer trials per GPU)"
+    else:
+        mem = resources.get("memory", 0)
+        budget = f"resources.memory_gb={mem / 2**30:g}" if mem else "resources.memory_gb unset"
+        more = "raise resources.memory_gb" if mem else "run fewer trials per node"
+    bf16 = ", use precision=bf16" if cfg.precision == "fp32" else ""
+    return (f"out of memory on {device} ({budget}; batch_size={cfg.batch_size}, "
+            f"eval_batch_size={cfg.eval_batch_size}, arch={cfg.arch}, width={cfg.width:g}, "
+            f"precision={cfg.precision}): {what[:300]}. Fix: lower batch_size, eval_batch_size or "
+            f"width{bf16}, or {more}. Only this trial stopped.")
+
+
+def _cap_host_memory(nbytes: int) -> None:
+    """Cap this process's private memory (RLIMIT_DATA) at what it uses now + nbytes, so a too-big
+    CPU trial gets a clean allocation error. nbytes 0 lifts an earlier trial's cap (reused actors)."""
+    try:
+        import resource
+    except ImportError:  # not on Linux/macOS: Ray's reservation still applies
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if not nbytes:
+        resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
+        return
+    try:
+        status = Path("/proc/self/status").read_text()
+        used = int(status.split("VmData:")[1].split()[0]) * 1024
+    except (OSError, IndexError, ValueError):
+        return
+    soft = used + int(nbytes)
+    resource.setrlimit(resource.RLIMIT_DATA, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+
+
+def _trial_config(exp: Experiment, trial_id: str, config: dict, state: dict | None) -> TrialConfig:
+    """Stored config > the checkpoint's (older experiments) > Ray's raw dict resolved now (then stored)."""
+    stored = exp.trial_config(trial_id)
+    if stored is None and state is not None and isinstance(state.get("config"), dict):
+        stored = state["config"]
+    if stored is not None:
+        return TrialConfig.from_flat(stored)
+    cfg = TrialConfig.from_flat(flat_config(config))
+    exp.write_trial_config(trial_id, cfg)
+    return cfg
+
+
+def vggbn_trial(config: dict[str, Any], experiment: str, checkpoint_every: int = 1) -> None:
+    """One Ray Tune trial: its resolved config, fit, report every epoch, checkpoint."""
+    import ray
+    import torch
+    from ray import tune
+
+    from ..provenance import provenance
+    from ..train import fit, resolve_device
+
+    ctx = tune.get_context()
+    exp, trial_id = Experiment(experiment), ctx.get_trial_id()
+    ckpt = tune.get_checkpoint()
+    resume_state = checkpoint.resume_state(ckpt) if ckpt is not None else None
+    try:
+        cfg = _trial_config(exp, trial_id, config, resume_state)
+        device = resolve_device(cfg.device)
+    except ConfigError as e:  # deterministic: this trial alone, once
+        exp.write_trial_error(trial_id, f"ConfigError: {e}")
+        return
+    stored = cfg.to_flat()
+    resources = ctx.get_trial_resources().required_resources
+    if cfg.cpu_threads == 0:  # an execution knob: the CPUs Ray gave this run
+        cfg = cfg.model_copy(update={"cpu_threads": max(1, int(resources.get("CPU", 1)))})
+    gpu = resources.get("GPU", 0)
+    if device.type == "cuda" and 0 < gpu < 1:  # packed trials: each keeps to its share
+        torch.cuda.set_per_process_memory_fraction(gpu, device)
+    _cap_host_memory(int(resources.get("memory", 0)) if device.type == "cpu" else 0)
+    meta = {"provenance": provenance(device), "config": stored}
+    node_id = ray.get_runtime_context().get_node_id()
+
+    def on_epoch(metrics: dict, state: dict) -> None:
+        metrics = {**metrics, "node_id": node_id}  # which node ran each epoch (spot losses show)
+        last = metrics["epoch"] >= cfg.epochs or metrics["diverged"]
+        if metrics["epoch"] % checkpoint_every and not last:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint.write(Path(d), state, meta)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    oom = None
+    try:
+        fit(cfg, on_epoch=on_epoch, resume_state=resume_state)
+    except Exception as e:
+        if not _is_oom(e):
+            raise
+        oom = _oom_message(cfg, device, e, resources)
+    if oom:  # outside the except block, so the failed step's tensors can be freed first
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        exp.write_trial_error(trial_id, f"TrialOutOfMemory: {oom}")
