@@ -17,18 +17,11 @@ $(BIN)/vggbn: pyproject.toml
 test: $(BIN)/vggbn
 	$(BIN)/python -m pytest -q
 
-# Runs $(SWEEP) (default: the laptop-scale ablation on CIFAR-10), resuming it if it was interrupted,
-# then writes results/NAME/report/report.md.
+# Runs $(SWEEP) (default: the laptop-scale ablation on CIFAR-10), resuming the spec's own experiment
+# wherever its storage is if it exists already, then writes <storage>/NAME/report/report.md.
 # Another dataset: make sweep SWEEP_ARGS="--set base.dataset=fashion_mnist --set base.data_dir=DIR"
 sweep: $(BIN)/vggbn
-	@name=$$(basename $(SWEEP) .yaml); \
-	if ls results/$$name/experiment_state*.json >/dev/null 2>&1; then \
-	  echo "results/$$name holds this sweep already: resuming it (rm -rf results/$$name to start over)"; \
-	  $(BIN)/vggbn resume results/$$name; \
-	else \
-	  $(BIN)/vggbn sweep $(SWEEP) $(SWEEP_ARGS) || exit $$?; \
-	fi; \
-	$(BIN)/vggbn report results/$$name
+	$(BIN)/vggbn sweep $(SWEEP) $(SWEEP_ARGS) --resume --report
 
 lint: $(BIN)/vggbn
 	$(BIN)/ruff check vggbn tests benchmarks

@@ -5,6 +5,8 @@ Each function returns the Figure (tests inspect its artists) and `save` writes i
 
 from __future__ import annotations
 
+import io
+
 import math
 from pathlib import Path
 
@@ -14,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from vggbn.sweep.experiment import write_atomic  # noqa: E402
 
 STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
          "axes.spines.right": False, "font.size": 9, "legend.fontsize": 8, "legend.frameon": False}
@@ -27,10 +31,11 @@ def _colors(n: int):
 
 
 def save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
+    """The figure as a PNG that appears whole or not at all."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
-    return path
+    return write_atomic(path, buf.getvalue())
 
 
 def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame):

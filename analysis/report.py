@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from vggbn.sweep.experiment import write_atomic
+
 from . import plots, table
 from .results import load, swept_keys
 
@@ -145,7 +147,7 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
         if vals:
             md.append(f"- {c.removeprefix('prov_')}: {', '.join(vals[:5])}"
                       + (f" (+{len(vals) - 5} more)" if len(vals) > 5 else ""))
-    (out / "report.md").write_text("\n".join(md) + "\n")
+    write_atomic(out / "report.md", "\n".join(md) + "\n")
     n_ok = int(tab["n"].sum()) if len(tab) else 0
     return (f"report: {out / 'report.md'}  ({len(tab)} variants, {n_ok} completed trials"
             + (f", {len(incomplete)} not completed" if len(incomplete) else "")

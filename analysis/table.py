@@ -16,8 +16,9 @@ import pandas as pd
 from scipy import stats
 
 from vggbn.config import PRESETS, TrialConfig
+from vggbn.sweep.experiment import write_atomic
 
-from .results import status_counts
+from .results import ResultsError, status_counts
 
 SECTION_ORDER = ["Loss function", "Network structure", "Optimizer", "Variants"]
 REFERENCE_CSV = Path(__file__).with_name("reference.csv")
@@ -65,10 +66,26 @@ def gflops(config: dict) -> float:
 def load_reference(path: str | Path | None = None) -> dict[tuple[str, str | None], float]:
     """(preset, dataset) -> reported test accuracy (percent); dataset None = any dataset.
     Default: the original study's single runs, on CIFAR-10."""
-    ref = pd.read_csv(path or REFERENCE_CSV)
+    path = Path(path or REFERENCE_CSV)
+    fix = (f"Fix: give a CSV with the columns preset,reference_test_acc (optional: dataset), as "
+           f"{REFERENCE_CSV.name} in the analysis package")
+    try:
+        ref = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # missing, a directory, binary, not CSV
+        why = (e.strerror if isinstance(e, OSError) and e.strerror
+               else f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+        raise ResultsError(f"{path}: not a readable reference table ({why}).\n{fix}") from None
+    missing = [c for c in ("preset", "reference_test_acc") if c not in ref.columns]
+    if missing:
+        raise ResultsError(f"{path}: no column {', '.join(missing)} (has: "
+                           f"{', '.join(map(str, ref.columns))[:200] or 'none'}).\n{fix}")
     datasets = ref["dataset"] if "dataset" in ref else [None] * len(ref)
-    return {(p, d if isinstance(d, str) else None): float(a)
-            for p, d, a in zip(ref["preset"], datasets, ref["reference_test_acc"])}
+    try:
+        return {(p, d if isinstance(d, str) else None): float(a)
+                for p, d, a in zip(ref["preset"], datasets, ref["reference_test_acc"])}
+    except (TypeError, ValueError) as e:
+        raise ResultsError(f"{path}: reference_test_acc holds a value that is not a number ({e}).\n"
+                           f"{fix}") from None
 
 
 def _reference_for(reference: dict, preset: str | None, dataset: str | None) -> float | None:
@@ -220,7 +237,7 @@ def to_latex(table: pd.DataFrame, info: dict) -> str:
 def write_tables(table: pd.DataFrame, info: dict, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "table.md", "csv": out / "table.csv", "tex": out / "table.tex"}
-    paths["md"].write_text(to_markdown(table, info))
-    table.to_csv(paths["csv"], index=False)
-    paths["tex"].write_text(to_latex(table, info))
+    write_atomic(paths["md"], to_markdown(table, info))
+    write_atomic(paths["csv"], table.to_csv(index=False))
+    write_atomic(paths["tex"], to_latex(table, info))
     return paths

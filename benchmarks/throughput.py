@@ -28,7 +28,8 @@ from torchvision.datasets import VisionDataset
 from vggbn.config import TrialConfig
 from vggbn.data import synthetic
 from vggbn.models import build_model
-from vggbn.train import autocast_dtype, fit, provenance, resolve_device
+from vggbn.provenance import provenance
+from vggbn.train import autocast_dtype, fit, resolve_device
 
 
 class ArrayCIFAR(VisionDataset):

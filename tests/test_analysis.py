@@ -1,9 +1,6 @@
 """Analysis: statistics against scipy, incomplete trials, sections, FLOPs, figures, `vggbn report`."""
 import math
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,9 +12,9 @@ from scipy import stats
 
 from analysis import plots, table
 from analysis.results import label_variants, status_counts
+from conftest import vggbn
 from vggbn.config import TrialConfig
 
-SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 ACC = {  # preset -> (status, final test_acc) per seed
     "vgg_a": [("completed", 0.70), ("completed", 0.72), ("completed", 0.71), ("errored", None)],
     "vgg_a_bn": [("completed", 0.80), ("completed", 0.78), ("completed", 0.83), ("diverged", 0.1)],
@@ -155,18 +152,13 @@ def test_figures_have_the_expected_artists(tmp_path):
     assert plots.save(fig, tmp_path / "hpo.png").stat().st_size > 10_000
 
 
-@pytest.fixture(scope="module")
-def smoke_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("smoke")
-    r = subprocess.run([sys.executable, "-m", "vggbn", "sweep", str(SWEEPS / "smoke.yaml"),
-                        "--set", f"storage={root}"], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return root / "smoke"
+@pytest.fixture
+def smoke_dir(smoke_run):
+    return smoke_run[0]
 
 
 def report(*args):
-    return subprocess.run([sys.executable, "-m", "vggbn", "report", *args], capture_output=True,
-                          text=True, timeout=300)
+    return vggbn("report", *args, timeout=300)
 
 
 def test_report_end_to_end_on_the_smoke_sweep(smoke_dir, tmp_path):
@@ -228,8 +220,7 @@ def test_probes_exported_and_landscape_end_to_end(smoke_dir, tmp_path):
     assert list(probes.columns[:2]) == ["trial_id", "step"]
     assert {"eta", "loss", "grad_diff", "beta"} <= set(probes.columns)
     assert len(probes) == 4 * (3 * 16 // 4) * 4  # trials x probes x etas
-    r = subprocess.run([sys.executable, "-m", "vggbn", "landscape", str(exp), "--resolution", "3",
-                        "--samples", "64"], capture_output=True, text=True, timeout=300)
+    r = vggbn("landscape", exp, "--resolution", "3", "--samples", "64", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     surf = pd.read_parquet(exp / "surfaces.parquet")
     assert len(surf) == 4 * (3 + 9) and set(surf["kind"]) == {"1d", "2d"}

@@ -1,16 +1,9 @@
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from conftest import vggbn
 from test_models import STUDY_PARAMS
-
-
-def vggbn(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "vggbn", *args], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
 
 
 def test_presets_prints_the_study_table():

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .config import DEFAULT_RECIPE, PRESETS, RECIPES, ConfigError, TrialConfig
+from .config import DEFAULT_RECIPE, PRESETS, RECIPES, ConfigError, TrialConfig, earlier_preset_with_same_config
 
 EXIT_USAGE = 2
 
@@ -45,6 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .data import load
     from .provenance import provenance
+    from .sweep.experiment import write_atomic
     from .train import fit, resolve_device
 
     flat = parse_sets(args.set)
@@ -56,6 +57,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ConfigError as e:
         raise UsageError(f"bad trial config: {e}\nFix: see `vggbn presets` and the "
                          f"TrialConfig fields in the README.") from None
+    out = Path(args.out) if args.out else None
+    if out is not None:  # before any training: a bad --out fails at once
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            what = "is a file, not a directory" if out.is_file() else f"cannot be created ({e.strerror or e})"
+            raise UsageError(f"--out {out}: {what}.\nFix: give a directory (it is created if it does "
+                             f"not exist), e.g. --out runs/{out.name or 'run'}") from None
     device = resolve_device(cfg.device)
     data = load(cfg, device)  # before the progress bar: a missing dataset fails cleanly
     if not args.quiet:  # say what is trained: the recipe fills everything not set
@@ -64,16 +73,14 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch_size}, {cfg.epochs} epochs, "
               f"{cfg.schedule}, augment {'on' if cfg.augment else 'off'}, precision {cfg.precision}",
               file=sys.stderr)
-        same = _same_as_other_preset(cfg, flat)
+        same = earlier_preset_with_same_config(cfg, flat)
         if same:
             print(f"note: under recipe {cfg.recipe}, preset {cfg.preset} trains exactly the config of "
                   f"preset {same} (the study's rows are defined against --recipe seed)", file=sys.stderr)
-    out = Path(args.out) if args.out else None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_flat(), indent=2) + "\n")
-        (out / "provenance.json").write_text(json.dumps(provenance(device), indent=2) + "\n")
-        log = open(out / "metrics.jsonl", "w")
+        write_atomic(out / "config.json", json.dumps(cfg.to_flat(), indent=2) + "\n")
+        write_atomic(out / "provenance.json", json.dumps(provenance(device), indent=2) + "\n")
+        log = open(out / "metrics.jsonl", "w")  # a log, one line an epoch as it ends
     bar = tqdm(total=cfg.epochs, desc=cfg.preset or cfg.arch, unit="epoch", file=sys.stderr,
                disable=args.quiet)
 
@@ -92,29 +99,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             log.close()
     if out is not None:
         summary = {k: v for k, v in result.items() if k not in ("history", "steps")}
-        (out / "result.json").write_text(json.dumps({"config": cfg.to_flat(), "result": summary,
-                                                     "provenance": provenance(device)}, indent=2) + "\n")
+        write_atomic(out / "result.json", json.dumps({"config": cfg.to_flat(), "result": summary,
+                                                      "provenance": provenance(device)}, indent=2) + "\n")
         if result["steps"]:
-            with open(out / "steps.jsonl", "w") as f:
-                f.writelines(json.dumps(s) + "\n" for s in result["steps"])
+            write_atomic(out / "steps.jsonl", "".join(json.dumps(s) + "\n" for s in result["steps"]))
     keys = ["epoch", "train_loss", "train_acc", "val_acc", "test_loss", "test_acc", "images_per_s"]
     line = "  ".join(f"{k}={_fmt(result[k])}" for k in keys if k in result)
     print(f"{line}  params={result['params']:,}  diverged={result['diverged']}"
           + (f"  -> {out}" if out else ""))
     return 0
-
-
-def _same_as_other_preset(cfg: TrialConfig, flat: dict[str, Any]) -> str | None:
-    """An earlier row of the study's table that, with the same keys, resolves to cfg's very config
-    (e.g. vgg_a_bn for vgg_a_bn_sgd under the SGD recipe; vgg_a_bn itself gets no note)."""
-    if cfg.preset is None:
-        return None
-    mine = {**cfg.to_flat(), "preset": None}
-    for name in list(PRESETS)[:list(PRESETS).index(cfg.preset)]:
-        if {**TrialConfig.from_flat({**flat, "preset": name}).to_flat(),
-                                   "preset": None} == mine:
-            return name
-    return None
 
 
 def _fmt(v: Any) -> str:
@@ -149,18 +142,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- sweeps (Ray)
-def _summary_lines(summary: dict) -> str:
-    counts = ", ".join(f"{v} {k}" for k, v in sorted(summary["status"].items()))
-    wall = f" in {summary['wall_time_s']:.0f} s" if summary.get("wall_time_s") else ""
-    return (f"{summary['trials']} trials ({counts}){wall}; exported trials.parquet, epochs.parquet"
-            + (", steps.parquet" if summary["steps"] else "")
-            + (", probes.parquet" if summary.get("probes") else "") + f" to {summary['path']}"
-            + "".join(f"\n  errored {t}: {e}" for t, e in sorted(summary.get("errors", {}).items()))
-            + "".join(f"\n  restored {t}: {n}" for t, n in sorted(summary.get("restore_notes", {}).items())))
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep.experiment import Experiment
+    from .sweep.export import summary_text
     from .sweep.spec import dry_run, load_spec
 
     spec = load_spec(args.file, parse_sets(args.set))
@@ -175,7 +159,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         summary = resume_sweep(exp.uri, address=args.address)
     else:
         summary = run_sweep(spec, address=args.address)
-    print(_summary_lines(summary))
+    print(summary_text(summary))
     if args.report:
         _report_after(summary["path"])
     return 0
@@ -191,16 +175,17 @@ def _report_after(path: str) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from .sweep.export import summary_text
     from .sweep.runner import resume_sweep
 
-    print(_summary_lines(resume_sweep(args.path, address=args.address)))
+    print(summary_text(resume_sweep(args.path, address=args.address)))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .sweep.export import export
+    from .sweep.export import export, summary_text
 
-    print(_summary_lines(export(args.path)))
+    print(summary_text(export(args.path)))
     return 0
 
 
@@ -220,6 +205,10 @@ def cmd_landscape(args: argparse.Namespace) -> int:
         raise UsageError(f"--resolution {args.resolution} / --samples {args.samples}: need a resolution of "
                          f"at least 2 points per axis and at least 1 sample.\nFix: e.g. --resolution 21 "
                          f"--samples 2048")
+    if "://" not in args.path:  # the export the figures read: a damaged one fails before any compute
+        from analysis.results import load
+
+        load(args.path)
     summary = landscape(args.path, trial_ids=args.trials, resolution=args.resolution,
                         samples=args.samples, seed=args.seed, address=args.address)
     pngs = []
@@ -299,16 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from analysis.results import ResultsError
-
-    from .data import DataError
     from .sweep.spec import SweepSpecError
+
+    def loaded_errors() -> tuple[type[Exception], ...]:
+        # DataError and ResultsError, where their modules are loaded (else they cannot have been
+        # raised): a bad flag or sweep file fails without the seconds of importing torch and pandas
+        where = {"vggbn.data": "DataError", "analysis.results": "ResultsError"}
+        return tuple(getattr(sys.modules[m], name) for m, name in where.items() if m in sys.modules)
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, ConfigError, DataError, SweepSpecError, ResultsError) as e:
+    except (UsageError, ConfigError, SweepSpecError, *loaded_errors()) as e:  # evaluated on a raise
         if args.debug:
             raise
         print(f"vggbn {args.command}: error: {e}", file=sys.stderr)

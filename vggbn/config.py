@@ -250,3 +250,16 @@ RECIPES: dict[str, dict[str, Any]] = {
         warmup_fraction=0.05,  # warm-up scales with the run: 2 of 40 epochs, 0.15 of 3
     ),
 }
+
+
+def earlier_preset_with_same_config(cfg: TrialConfig, flat: dict[str, Any]) -> str | None:
+    """An earlier row of the study's table that, with the same keys, resolves to cfg's very config
+    (e.g. vgg_a_bn for vgg_a_bn_sgd under the SGD recipe; vgg_a_bn itself gets no note)."""
+    if cfg.preset is None:
+        return None
+    mine = {**cfg.to_flat(), "preset": None}
+    for name in list(PRESETS)[:list(PRESETS).index(cfg.preset)]:
+        if {**TrialConfig.from_flat({**flat, "preset": name}).to_flat(),
+                                   "preset": None} == mine:
+            return name
+    return None

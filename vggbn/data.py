@@ -11,7 +11,8 @@ Where files come from (`data_dir`, default $VGGBN_DATA_DIR or the user cache dir
                     downloads them;
   synthetic         generated: class-dependent low-frequency patterns plus noise.
 Decoded tensors are cached in $VGGBN_CACHE_DIR (default: user cache dir) under a file lock, so
-concurrent trials on a node decode (and download) once.
+concurrent trials on a node decode (and download) once; a damaged cache file (truncated, overwritten)
+is decoded again under the same lock.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import hashlib
 import os
 import socket
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,10 +66,15 @@ def cache_path(dataset: str, data_dir: str) -> Path:
 # ---------------------------------------------------------------------- reading official files
 def _read_idx(path: Path) -> torch.Tensor:
     """An MNIST-format (idx) file, gzipped or not, as a uint8 tensor."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        ndim = raw[3]
+        shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
+    except (OSError, EOFError, ValueError, IndexError, zlib.error) as e:  # truncated, not gzip, not idx
+        raise DataError(f"{path}: unreadable or corrupt ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]}).\nFix: replace it with the official file, or "
+                        f"delete it to have it downloaded again") from None
 
 
 def _find_fmnist(dirs: list[Path]) -> dict[str, Path] | None:
@@ -161,31 +168,53 @@ def synthetic(size: int, num_classes: int = 10, channels: int = 3) -> dict[str, 
     return out
 
 
-def prepare(dataset: str, data_dir: str | None = None) -> tuple[Path, bool]:
-    """Make sure the decoded uint8 cache exists. Returns (cache file, whether this call built it)."""
+def _read_cache(path: Path) -> dict[str, torch.Tensor] | None:
+    """The cached arrays, or None when the file is damaged (truncated, overwritten, not ours)."""
+    try:
+        arrays = torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001  (torch raises several kinds for a damaged file)
+        return None
+    keys = ("train_x", "train_y", "test_x", "test_y")
+    ok = isinstance(arrays, dict) and all(isinstance(arrays.get(k), torch.Tensor) for k in keys)
+    return arrays if ok else None
+
+
+def prepare(dataset: str, data_dir: str | None = None, *, damaged: bool = False) -> tuple[Path, bool]:
+    """Make sure the decoded uint8 cache exists. Returns (cache file, whether this call built it).
+    damaged=True: the caller could not read the cache; decode again unless another process has."""
     if dataset == "synthetic":
         raise ValueError("the synthetic dataset is generated, not prepared")
     data_dir_p = Path(data_dir or default_data_dir()).absolute()
     path = cache_path(dataset, str(data_dir_p))
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        if path.is_file():
+        if path.is_file() and not (damaged and _read_cache(path) is None):
             return path, False
-        if not data_dir_p.is_dir():
-            try:
-                data_dir_p.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise DataError(f"data_dir {data_dir_p} does not exist and cannot be created ({e}).\n"
-                                f"Fix: set data_dir to a writable directory.") from None
-        arrays = (_decode_fashion_mnist(data_dir_p) if dataset == "fashion_mnist"
-                  else _decode_cifar(dataset, data_dir_p))
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(arrays, tmp)
-        os.replace(tmp, path)  # atomic: readers never see half a file
-        with open(path.parent / "prepare.log", "a") as log:  # who decoded what, when
-            log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\t{dataset}\t{data_dir_p}\t"
-                      f"{socket.gethostname()}\tpid={os.getpid()}\n")
+        try:
+            _decode_into(path, dataset, data_dir_p, "\treplaced a damaged cache" if damaged else "")
+        except DataError as e:
+            if damaged:  # the damaged file stays: it is replaced only by a good one
+                raise DataError(f"{path}: the decoded cache is damaged and cannot be rebuilt: {e}") from None
+            raise
         return path, True
+
+
+def _decode_into(path: Path, dataset: str, data_dir_p: Path, note: str = "") -> None:
+    """Decode the official files into the cache file (the caller holds its lock)."""
+    if not data_dir_p.is_dir():
+        try:
+            data_dir_p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"data_dir {data_dir_p} does not exist and cannot be created ({e}).\n"
+                            f"Fix: set data_dir to a writable directory.") from None
+    arrays = (_decode_fashion_mnist(data_dir_p) if dataset == "fashion_mnist"
+              else _decode_cifar(dataset, data_dir_p))
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(arrays, tmp)
+    os.replace(tmp, path)  # atomic: readers never see half a file
+    with open(path.parent / "prepare.log", "a") as log:  # who decoded what, when
+        log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\t{dataset}\t{data_dir_p}\t"
+                  f"{socket.gethostname()}\tpid={os.getpid()}{note}\n")
 
 
 def load_arrays(dataset: str, data_dir: str | None = None, synthetic_size: int = 4096):
@@ -193,7 +222,13 @@ def load_arrays(dataset: str, data_dir: str | None = None, synthetic_size: int =
     if dataset == "synthetic":
         return synthetic(synthetic_size)
     path, _ = prepare(dataset, data_dir)
-    arrays = torch.load(path, weights_only=True)
+    arrays = _read_cache(path)
+    if arrays is None:  # a crash mid-copy, a full disk, a stray file: decode it again
+        path, _ = prepare(dataset, data_dir, damaged=True)
+        arrays = _read_cache(path)
+    if arrays is None:
+        raise DataError(f"{path}: the decoded cache is unreadable right after it was written.\n"
+                        f"Fix: check the disk of {path.parent} (full? failing?), delete {path} and run again")
     if dataset == "fashion_mnist":  # 28x28 -> 32x32, zero padding as in LeNet
         arrays["train_x"] = F.pad(arrays["train_x"], (2, 2, 2, 2))
         arrays["test_x"] = F.pad(arrays["test_x"], (2, 2, 2, 2))

@@ -83,17 +83,6 @@ def load_state(fs, ckpt_path: str) -> dict:
     return torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
 
 
-def state_is_intact(fs, ckpt_path: str) -> bool:
-    """state.pt matches the sha256 in meta.json (no unpickling)."""
-    meta = read_meta(fs, ckpt_path)
-    if not meta or not meta.get("state_sha256"):
-        return False
-    try:
-        return hashlib.sha256(_read(fs, f"{ckpt_path}/{CKPT_STATE}")).hexdigest() == meta["state_sha256"]
-    except OSError:
-        return False
-
-
 def list_checkpoints(fs, trial_dir: str, before: str | None = None) -> list[str]:
     """Paths of the trial's checkpoint_* directories, newest first (only those named < before)."""
     import pyarrow.fs as pafs
@@ -163,12 +152,13 @@ def restore_notes(fs, trial_dir: str) -> str | None:
 
 
 def prune_finished(fs, trial_dir: str) -> int:
-    """A finished trial keeps its newest intact checkpoint (the surfaces need it) and none older.
-    Returns how many were removed. Nothing is removed unless the one kept is intact."""
+    """A finished trial keeps its newest readable checkpoint (the surfaces need it) and none older.
+    Returns how many were removed. Nothing is removed unless the one kept loads (sha256 and
+    weights_only)."""
     paths = list_checkpoints(fs, trial_dir)
     if len(paths) < 2:
         return 0
-    keep = next((p for p in paths if state_is_intact(fs, p)), None)
+    _, keep, _ = newest_readable(fs, paths)
     if keep is None:
         return 0
     older = paths[paths.index(keep) + 1:]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ..config import ConfigError, TrialConfig
+from ..config import TrialConfig
 from ..schema import CLAIM_FILE, SCHEMA_VERSION, SPEC_FILE, TRIAL_CONFIG_FILE, TRIAL_DIR, TRIAL_ERROR_FILE
 from .spec import SweepSpec, SweepSpecError, stored_spec
 
@@ -47,6 +47,19 @@ def normalize(path: str) -> str:
     if not urlparse(path).netloc:
         raise ExperimentError(f"{path}: no bucket in the URI.\nFix: write {scheme}://BUCKET/PATH")
     return path.rstrip("/")
+
+
+def write_atomic(path: Path, data: bytes | str) -> Path:
+    """A local file that appears whole or not at all: a temporary file beside it, renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.time_ns()}")
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 class Experiment:
@@ -95,14 +108,7 @@ class Experiment:
         """Atomic: a temporary file renamed into place (local), one put (object storage)."""
         p = self.path(name)
         if self.local:
-            target = Path(p)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{time.time_ns()}")
-            try:
-                tmp.write_bytes(data)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_atomic(Path(p), data)
             return
         self.fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
         with self.fs.open_output_stream(p) as f:
@@ -203,8 +209,14 @@ class Experiment:
             raise ExperimentError(f"{self.uri}: cannot be read ({' '.join(str(e).split())[:300]}).\n"
                                   f"Fix: check the path and the credentials for it") from None
         if raw is None:
-            raise ExperimentError(f"{self.uri}: no {SPEC_FILE} here, so it is not a vggbn sweep directory "
-                                  f"(expected <storage>/<name>/ as written by `vggbn sweep`)")
+            import pyarrow.fs as pafs
+
+            kind = self.fs.get_file_info(self.root).type
+            what = ("no such directory" if kind == pafs.FileType.NotFound else
+                    "a file, not a directory" if kind == pafs.FileType.File else
+                    f"no {SPEC_FILE} here, so it is not a vggbn sweep directory")
+            raise ExperimentError(f"{self.uri}: {what}.\nFix: give a sweep's directory, <storage>/<name>/ as "
+                                  f"`vggbn sweep` writes it (e.g. results/quick)")
         where = f"{self.uri}/{SPEC_FILE}"
         try:
             text = raw.decode("utf-8")
@@ -238,9 +250,3 @@ class Experiment:
         except (OSError, ValueError, KeyError, TypeError):
             return "vggbn-error.json is unreadable"
 
-
-def resolved(flat: dict[str, Any]) -> TrialConfig | None:
-    try:
-        return TrialConfig.from_flat(flat)
-    except ConfigError:
-        return None

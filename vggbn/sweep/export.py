@@ -167,3 +167,14 @@ def _ray_error(exp: Experiment, trial_id: str) -> str | None:
         return None
     lines = [ln for ln in (raw or b"").decode(errors="replace").splitlines() if ln.strip()]
     return lines[-1].strip()[:500] if lines else None
+
+
+def summary_text(summary: dict) -> str:
+    """What `vggbn sweep/resume/export` print: counts, files, errored trials, restores."""
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(summary["status"].items()))
+    wall = f" in {summary['wall_time_s']:.0f} s" if summary.get("wall_time_s") else ""
+    return (f"{summary['trials']} trials ({counts}){wall}; exported trials.parquet, epochs.parquet"
+            + (", steps.parquet" if summary["steps"] else "")
+            + (", probes.parquet" if summary.get("probes") else "") + f" to {summary['path']}"
+            + "".join(f"\n  errored {t}: {e}" for t, e in sorted(summary.get("errors", {}).items()))
+            + "".join(f"\n  restored {t}: {n}" for t, n in sorted(summary.get("restore_notes", {}).items())))

@@ -54,24 +54,28 @@ class PersistentASHA(ASHAScheduler):
             self._stopped.add(trial.trial_id)
         return action
 
-    def state_bytes(self) -> bytes:
-        fd, path = tempfile.mkstemp(suffix=".asha")
-        os.close(fd)
-        try:
-            self.save(path)
-            with open(path, "rb") as f:
-                return f.read()
-        finally:
-            os.unlink(path)
 
-    def load_bytes(self, data: bytes) -> None:
-        fd, path = tempfile.mkstemp(suffix=".asha")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            self.restore(path)
-        finally:
-            os.unlink(path)
+def _asha_bytes(asha: ASHAScheduler) -> bytes:
+    """ASHA's state through its public save(); any ASHAScheduler (the release before 2026-11-28
+    pickled its own PersistentASHA class by value into tuner.pkl, and that object is restored)."""
+    fd, path = tempfile.mkstemp(suffix=".asha")
+    os.close(fd)
+    try:
+        asha.save(path)
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        os.unlink(path)
+
+
+def _asha_load(asha: ASHAScheduler, data: bytes) -> None:
+    fd, path = tempfile.mkstemp(suffix=".asha")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        asha.restore(path)
+    finally:
+        os.unlink(path)
 
 
 class SchedulerState(Callback):
@@ -79,16 +83,16 @@ class SchedulerState(Callback):
         self.scheduler = scheduler
 
     def get_state(self) -> dict:
-        return {"asha_saved": self.scheduler.state_bytes()}
+        return {"asha_saved": _asha_bytes(self.scheduler)}
 
     def set_state(self, state: dict) -> None:
         if "asha_saved" in state:
-            self.scheduler.load_bytes(state["asha_saved"])
+            _asha_load(self.scheduler, state["asha_saved"])
         else:  # saved by the release before 2026-11-28 (its own format, ASHA's private fields)
             _load_legacy(self.scheduler, state["asha"])
 
 
-def _load_legacy(asha: PersistentASHA, state: dict) -> None:
+def _load_legacy(asha: ASHAScheduler, state: dict) -> None:
     for b, rungs in zip(asha._brackets, state["rungs"]):
         for (milestone, rec), (m, saved) in zip(b._rungs, rungs):
             if milestone != m:

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..config import ConfigError, TrialConfig, suggest
 from ..schema import METRICS, SCHEMA_VERSION
 
 MAX_TRIALS = 100_000  # a sweep larger than this is a typo (num_samples: 1e9), not a study
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "file")  # experiment.normalize opens these
 DRY_RUN_LINES = 200
 
 
@@ -136,6 +137,22 @@ class SweepSpec(BaseModel):
     max_failures: int = Field(2, ge=0, description="retries of a failed trial (from its checkpoint)")
     checkpoint_every: int = Field(1, ge=1, description="epochs between trial checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="most recent checkpoints kept per trial")
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        """A URI fails here, before Ray starts (`s3://` alone would otherwise become a local `s3:/`)."""
+        if "://" not in v:
+            return v
+        scheme, rest = v.split("://", 1)
+        if scheme.lower() not in STORAGE_SCHEMES:
+            raise ValueError(f"scheme {scheme}:// is not supported; use a local directory, "
+                             f"file:///PATH, s3://BUCKET/PATH or gs://BUCKET/PATH")
+        if scheme.lower() == "file" and not rest.strip("/"):
+            raise ValueError(f"no path in the URI; write {scheme}:///PATH")
+        if scheme.lower() != "file" and not rest.split("/", 1)[0]:
+            raise ValueError(f"no bucket in the URI; write {scheme}://BUCKET/PATH")
+        return v
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo):
@@ -273,7 +290,9 @@ def _set_path(d: dict, path: str, value: Any) -> None:
     for k in keys[:-1]:
         d = d.setdefault(k, {})
         if not isinstance(d, dict):
-            raise SweepSpecError(f"--set {path}: {k} is not a section")
+            raise SweepSpecError(f"--set {path}: {k} is not a section, so {path} cannot be set.\n"
+                                 f"Fix: --set {'.'.join(keys[:keys.index(k) + 1])}=VALUE, or a key of a "
+                                 f"section such as base.epochs=3, resources.gpu=0.5, space.seed.grid=[0,1]")
     d[keys[-1]] = value
 
 
@@ -286,36 +305,54 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Swee
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise SweepSpecError(f"{path}: no such sweep file (the shipped ones are in sweeps/)") from None
+        raise SweepSpecError(f"{path}: no such sweep file.\nFix: check the path (the shipped ones are in "
+                             f"sweeps/, e.g. sweeps/quick.yaml)") from None
     except UnicodeDecodeError:
         raise SweepSpecError(f"{path}: not a text file (not UTF-8).\nFix: give a YAML sweep file, "
                              f"e.g. sweeps/quick.yaml") from None
     except OSError as e:
         raise SweepSpecError(f"{path}: cannot be read ({e.strerror or e}).\nFix: check the path and "
                              f"its permissions") from None
-    raw = _parse_yaml(text, str(path))
+    raw = _parse_yaml(text, str(path), "Fix: give a sweep file (a YAML mapping: name:, base:, space: ...), "
+                                       "e.g. sweeps/quick.yaml")
     for k, v in (overrides or {}).items():
         _set_path(raw, k, v)
     try:
         return SweepSpec.model_validate(raw)
     except ValidationError as e:
-        raise SweepSpecError(f"{path}: {_spec_errors(e)}") from None
+        msg = _spec_errors(e)
+        raise SweepSpecError(f"{path}: {msg}\nFix: {_where_to_fix(e, msg, path, overrides)}") from None
 
 
-def _parse_yaml(text: str, where: str) -> dict:
+def _where_to_fix(e: ValidationError, msg: str, path: Path, overrides: dict[str, Any] | None) -> str:
+    """The --set that gave the bad value, else the keys in the file (the message says what to write)."""
+    locs = [".".join(str(p) for p in err["loc"]) for err in e.errors()]
+    sets = [k for k in overrides or {} if any(loc == k or loc.startswith(k + ".") for loc in locs)
+            or ("." in k and k in msg)]  # a section key named by a spec-wide check: base.dropout=3 ...
+    if sets:
+        return "change " + ", ".join(f"--set {k}" for k in sets) + " as said above"
+    keys = ", ".join(dict.fromkeys(loc for loc in locs if loc))
+    return f"edit {keys + ' in ' if keys else ''}{path} as said above"
+
+
+def _parse_yaml(text: str, where: str, fix: str) -> dict:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise SweepSpecError(f"{where}: not valid YAML: {' '.join(str(e).split())}") from None
+        raise SweepSpecError(f"{where}: not valid YAML: {' '.join(str(e).split())}\n{fix}") from None
     if not isinstance(raw, dict):
-        raise SweepSpecError(f"{where}: a sweep file is a mapping (name:, base:, space: ...)")
+        what = "empty" if raw is None else {"list": "a list", "str": "plain text"}.get(
+            type(raw).__name__, f"a {type(raw).__name__}")
+        raise SweepSpecError(f"{where}: {what}, not a sweep spec (a YAML mapping: name:, base:, space: ...)."
+                             f"\n{fix}")
     return raw
 
 
 def stored_spec(text: str, where: str) -> SweepSpec:
     """An experiment's spec.yaml, read as data: its structure is checked, not today's trial-config
     rules (an old spec may hold a grid point that today's defaults would refuse)."""
-    raw = _parse_yaml(text, where)
+    raw = _parse_yaml(text, where, "Fix: restore the file from the run that wrote it (or a copy of that "
+                                   "sweep file)")
     try:
         return SweepSpec.model_validate(raw, context={"stored": True})
     except ValidationError as e:
@@ -334,6 +371,10 @@ def _spec_errors(e: ValidationError) -> str:
             out.append(f"{loc}: unknown key{hint}")
         elif err["type"] == "missing":
             out.append(f"{loc}: required")
+        elif err["type"] == "string_pattern_mismatch" and len(err["loc"]) == 1:  # name: a/b
+            field = SweepSpec.model_fields.get(str(err["loc"][0]))
+            out.append(f"{loc}: {err['input']!r} is not allowed"
+                       + (f" ({field.description})" if field and field.description else ""))
         else:
             out.append(f"{loc + ': ' if loc else ''}{msg}"
                        + (f" (got {err['input']!r})" if loc and "input" in err

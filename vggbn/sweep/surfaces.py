@@ -32,12 +32,17 @@ def _read_parquet(exp: Experiment, name: str):
     raw = exp.read_bytes(name)
     if raw is None:
         return None
+    fix = (f"Fix: `vggbn export {exp.uri}` rewrites the export"
+           + ("" if name == TRIALS else f"; for {name}, delete it and run this again"))
     try:
-        return pd.read_parquet(io.BytesIO(raw))
+        df = pd.read_parquet(io.BytesIO(raw))
     except Exception as e:  # noqa: BLE001  (pyarrow raises several kinds for a damaged file)
         raise ExperimentError(f"{exp.uri}/{name}: not a readable parquet file ({type(e).__name__}).\n"
-                              f"Fix: `vggbn export {exp.uri}` rewrites the export"
-                              + ("" if name == TRIALS else f"; for {name}, delete it and run this again")) from None
+                              f"{fix}") from None
+    missing = [c for c in ("trial_id", "kind" if name == SURFACES else "status") if c not in df.columns]
+    if missing:
+        raise ExperimentError(f"{exp.uri}/{name}: not a vggbn export (no column {', '.join(missing)}).\n{fix}")
+    return df
 
 
 def landscape(path: str, *, trial_ids: list[str] | None = None, resolution: int = 21,
