@@ -84,6 +84,26 @@ def test_re_export_removes_stale_optional_files(tmp_path):
 
 
 # ---------------------------------------------------------------------- one experiment = one sweep
+def claim_race(uri: str, n: int) -> tuple[list[int], list[str]]:
+    """n threads claim one experiment directory at the same moment: (winners, losers' messages)."""
+    won, lost, go = [], [], threading.Barrier(n)
+
+    def start(i):
+        go.wait()
+        try:
+            Experiment(uri).claim(f"s{i}")
+            won.append(i)
+        except ExperimentError as e:
+            lost.append(str(e))
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return won, lost
+
+
 @pytest.mark.parametrize("scheme", ["", "file://"])
 def test_a_second_sweep_into_a_finished_one_exits_2_and_leaves_it_intact(smoke_run, scheme):
     exp, _ = smoke_run
@@ -96,22 +116,7 @@ def test_a_second_sweep_into_a_finished_one_exits_2_and_leaves_it_intact(smoke_r
 
 @pytest.mark.parametrize("scheme", ["", "file://"])
 def test_claim_is_exclusive_under_concurrent_starts(tmp_path, scheme):
-    uri = f"{scheme}{tmp_path}/exp"
-    won, lost, go = [], [], threading.Barrier(8)
-
-    def start(i):
-        go.wait()
-        try:
-            Experiment(uri).claim(f"s{i}")
-            won.append(i)
-        except ExperimentError as e:
-            lost.append(str(e))
-
-    threads = [threading.Thread(target=start, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    won, lost = claim_race(f"{scheme}{tmp_path}/exp", 8)
     assert len(won) == 1 and len(lost) == 7
     assert all("vggbn resume" in m for m in lost)
     assert json.loads((tmp_path / "exp" / "vggbn-claim.json").read_text())["sweep"] == f"s{won[0]}"
@@ -159,21 +164,7 @@ def test_claim_on_s3_is_a_conditional_put(tmp_path, monkeypatch):
                      "AWS_REGION": "us-east-1"}.items():
             monkeypatch.setenv(k, v)
         boto3.client("s3").create_bucket(Bucket="vggbn-test")
-        won, lost, go = [], [], threading.Barrier(6)
-
-        def start(i):
-            go.wait()
-            try:
-                Experiment("s3://vggbn-test/results/exp").claim(f"s{i}")
-                won.append(i)
-            except ExperimentError as e:
-                lost.append(str(e))
-
-        threads = [threading.Thread(target=start, args=(i,)) for i in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        won, lost = claim_race("s3://vggbn-test/results/exp", 6)
         assert len(won) == 1 and len(lost) == 5, (won, lost)
         body = boto3.client("s3").get_object(Bucket="vggbn-test", Key="results/exp/vggbn-claim.json")["Body"]
         assert json.loads(body.read())["sweep"] == f"s{won[0]}"

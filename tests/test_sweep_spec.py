@@ -1,14 +1,11 @@
 """SweepSpec validation and dry runs: no Ray is started here."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import SWEEPS, vggbn
 from vggbn.sweep import SweepSpecError, dry_run, load_spec
-
-SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 OK = {"name": "t", "base": {"dataset": "synthetic", "epochs": 4}, "space": {"bn": {"grid": [False, True]}}}
 
 
@@ -118,8 +115,7 @@ def test_grid_counts_multiply():
 
 
 def test_dry_run_cli_lists_24_trials_without_ray():
-    r = subprocess.run([sys.executable, "-m", "vggbn", "sweep", str(SWEEPS / "ablation.yaml"),
-                        "--dry-run"], capture_output=True, text=True, timeout=120)
+    r = vggbn("sweep", SWEEPS / "ablation.yaml", "--dry-run", timeout=120)
     assert r.returncode == 0, r.stderr
     assert "24 trials" in r.stdout.splitlines()[0]
     rows = [ln for ln in r.stdout.splitlines() if ln.startswith("  ")]
@@ -129,8 +125,7 @@ def test_dry_run_cli_lists_24_trials_without_ray():
 
 def test_cli_bad_spec_exits_2(tmp_path):
     path = write(tmp_path, with_(scheduler={"type": "asha"}))
-    r = subprocess.run([sys.executable, "-m", "vggbn", "sweep", str(path), "--dry-run"],
-                       capture_output=True, text=True, timeout=120)
+    r = vggbn("sweep", path, "--dry-run", timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert str(path) in r.stderr and "test set" in r.stderr
 
