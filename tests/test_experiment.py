@@ -19,6 +19,7 @@ import yaml
 from conftest import DATA, SWEEPS, vggbn
 from vggbn.sweep import checkpoint
 from vggbn.sweep.experiment import Experiment, ExperimentError
+from vggbn.sweep.spec import SweepSpecError
 
 OLD = DATA / "exp_08213c0" / "smoke"  # made by tests/data/make_exp_08213c0.sh
 
@@ -246,3 +247,25 @@ def test_an_asha_sweep_interrupted_under_the_previous_release_resumes(tmp_path):
             shutil.rmtree(where, ignore_errors=True)
     got = {repr(float(row.lr)): {"status": row.status, "epochs_run": int(row.epochs_run)} for row in t.itertuples()}
     assert got == expected
+
+
+def test_make_sweep_resumes_the_specs_own_experiment(smoke_copy):
+    """`make sweep` is `vggbn sweep FILE --resume --report`: with the experiment there already (here
+    through a file:// storage URI) it resumes it instead of refusing, then writes the report."""
+    before = {p.parent.name: p.read_text() for p in smoke_copy.glob("trial_*/result.json")}
+    r = vggbn("sweep", SWEEPS / "smoke.yaml", "--set", f"storage=file://{smoke_copy.parent}", "--resume", "--report")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming it" in r.stderr and "4 completed" in r.stdout
+    assert {p.parent.name: p.read_text() for p in smoke_copy.glob("trial_*/result.json")} == before  # nothing re-run
+    assert (smoke_copy / "report" / "report.md").is_file() and "report:" in r.stdout
+
+
+def test_a_ray_without_the_internals_vggbn_uses_is_refused_at_start(monkeypatch):
+    from ray.tune.execution.tune_controller import TuneController
+
+    from vggbn.sweep.runner import check_ray
+
+    check_ray()
+    monkeypatch.delattr(TuneController, "_mark_trial_to_checkpoint")
+    with pytest.raises(SweepSpecError, match=r"_mark_trial_to_checkpoint.*tested with Ray 2\.60"):
+        check_ray()

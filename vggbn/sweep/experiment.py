@@ -24,10 +24,7 @@ from urllib.parse import urlparse
 
 from ..config import TrialConfig
 from ..schema import CLAIM_FILE, SCHEMA_VERSION, SPEC_FILE, TRIAL_CONFIG_FILE, TRIAL_DIR, TRIAL_ERROR_FILE
-from .spec import SweepSpec, SweepSpecError, stored_spec
-
-SCHEMES = ("s3", "gs", "gcs", "file")
-
+from .spec import SweepSpec, SweepSpecError, storage_problem, stored_spec
 
 class ExperimentError(SweepSpecError):
     """An experiment directory that cannot be used as asked: says what, where and the fix."""
@@ -38,14 +35,12 @@ def normalize(path: str) -> str:
     path = str(path)
     if "://" not in path:
         return str(Path(path).expanduser().absolute())
-    scheme = path.split("://", 1)[0].lower()
-    if scheme not in SCHEMES:
-        raise ExperimentError(f"{path}: storage scheme {scheme}:// is not supported.\nFix: use a local "
-                              f"directory, file://, s3:// or gs://")
-    if scheme == "file":
+    problem = storage_problem(path)
+    if problem:
+        raise ExperimentError(f"{path}: {problem}.\nFix: give the sweep's directory as a local path or a "
+                              f"URI of one of these kinds")
+    if path.split("://", 1)[0].lower() == "file":
         return str(Path(urlparse(path).path).absolute())
-    if not urlparse(path).netloc:
-        raise ExperimentError(f"{path}: no bucket in the URI.\nFix: write {scheme}://BUCKET/PATH")
     return path.rstrip("/")
 
 

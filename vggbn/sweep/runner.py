@@ -21,10 +21,12 @@ RAY_TESTED = ("2.60",)  # the Ray releases the test suite ran on (pyproject.toml
 def check_ray() -> None:
     """The Ray release and the internals vggbn relies on, once, before anything starts."""
     import ray
+    from ray.train._internal import syncer
     from ray.tune.execution.tune_controller import TuneController
     from ray.tune.schedulers import ASHAScheduler
 
     missing = [name for owner, name in ((TuneController, "_mark_trial_to_checkpoint"),
+                                        (syncer, "_BackgroundProcess"),
                                         (ASHAScheduler, "save"), (ASHAScheduler, "restore"))
                if not callable(getattr(owner, name, None))]
     if missing:

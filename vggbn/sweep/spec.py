@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..config import ConfigError, TrialConfig, suggest
 from ..schema import METRICS, SCHEMA_VERSION
+from .space import Dim, dry_run  # noqa: F401  (dry_run: part of this module's API)
 
 MAX_TRIALS = 100_000  # a sweep larger than this is a typo (num_samples: 1e9), not a study
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "file")  # experiment.normalize opens these
-DRY_RUN_LINES = 200
 
 
 class SweepSpecError(ValueError):
@@ -29,64 +29,6 @@ class SweepSpecError(ValueError):
 
 
 # ---------------------------------------------------------------------- the spec
-class Dim(BaseModel):
-    """One searched TrialConfig key: exactly one of grid, choice, uniform, loguniform, randint."""
-
-    model_config = ConfigDict(extra="forbid")
-    grid: list[Any] | None = None
-    choice: list[Any] | None = None
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-    randint: tuple[int, int] | None = None
-
-    @model_validator(mode="after")
-    def _one(self):
-        set_ = [k for k in ("grid", "choice", "uniform", "loguniform", "randint")
-                if getattr(self, k) is not None]
-        if len(set_) != 1:
-            raise ValueError("give exactly one of grid, choice, uniform, loguniform, randint"
-                             + (f" (got {', '.join(set_)})" if set_ else ""))
-        kind = set_[0]
-        val = getattr(self, kind)
-        if kind in ("grid", "choice") and not val:
-            raise ValueError(f"{kind} needs at least one value")
-        if kind in ("uniform", "loguniform", "randint") and not val[0] < val[1]:
-            raise ValueError(f"{kind} needs [low, high] with low < high (got {list(val)})")
-        if kind == "loguniform" and val[0] <= 0:
-            raise ValueError(f"loguniform needs low > 0 (got {val[0]})")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in ("grid", "choice", "uniform", "loguniform", "randint")
-                    if getattr(self, k) is not None)
-
-    @property
-    def values(self):
-        return getattr(self, self.kind)
-
-    def probe_values(self) -> list[Any]:
-        """Values that must each make a valid TrialConfig (all listed; the ends of ranges)."""
-        if self.kind in ("grid", "choice"):
-            return list(self.values)
-        if self.kind == "randint":  # tune.randint's upper bound is exclusive
-            return [self.values[0], self.values[1] - 1]
-        return list(self.values)
-
-    def to_tune(self):
-        from ray import tune
-
-        v = self.values
-        if self.kind == "grid":
-            return tune.grid_search(list(v))
-        if self.kind == "choice":
-            return tune.choice(list(v))
-        return getattr(tune, self.kind)(v[0], v[1])  # uniform, loguniform, randint
-
-    def describe(self) -> str:
-        return f"{self.kind} {list(self.values)}"
-
-
 class Scheduler(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["fifo", "asha"] = "fifo"
@@ -141,17 +83,10 @@ class SweepSpec(BaseModel):
     @field_validator("storage")
     @classmethod
     def _storage(cls, v: str) -> str:
-        """A URI fails here, before Ray starts (`s3://` alone would otherwise become a local `s3:/`)."""
-        if "://" not in v:
-            return v
-        scheme, rest = v.split("://", 1)
-        if scheme.lower() not in STORAGE_SCHEMES:
-            raise ValueError(f"scheme {scheme}:// is not supported; use a local directory, "
-                             f"file:///PATH, s3://BUCKET/PATH or gs://BUCKET/PATH")
-        if scheme.lower() == "file" and not rest.strip("/"):
-            raise ValueError(f"no path in the URI; write {scheme}:///PATH")
-        if scheme.lower() != "file" and not rest.split("/", 1)[0]:
-            raise ValueError(f"no bucket in the URI; write {scheme}://BUCKET/PATH")
+        """A bad URI fails here, before Ray starts (`s3://` alone would become a local `s3:/`)."""
+        problem = storage_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
@@ -280,6 +215,21 @@ class SweepSpec(BaseModel):
 CASE_KEY = "_case"
 
 
+def storage_problem(uri: str) -> str | None:
+    """What is wrong with a storage location (a local path, file://, s3://, gs://), or None."""
+    if "://" not in uri:
+        return None
+    scheme, rest = uri.split("://", 1)
+    if scheme.lower() not in STORAGE_SCHEMES:
+        return (f"scheme {scheme}:// is not supported; use a local directory, file:///PATH, "
+                f"s3://BUCKET/PATH or gs://BUCKET/PATH")
+    if scheme.lower() == "file" and not rest.strip("/"):
+        return f"no path in the URI; write {scheme}:///PATH"
+    if scheme.lower() != "file" and not rest.split("/", 1)[0]:
+        return f"no bucket in the URI; write {scheme}://BUCKET/PATH"
+    return None
+
+
 def flat_config(config: dict[str, Any]) -> dict[str, Any]:
     """Ray's trial config -> a flat TrialConfig dict (a case's keys override base's)."""
     return {**{k: v for k, v in config.items() if k != CASE_KEY}, **(config.get(CASE_KEY) or {})}
@@ -380,30 +330,3 @@ def _spec_errors(e: ValidationError) -> str:
                        + (f" (got {err['input']!r})" if loc and "input" in err
                           and not isinstance(err["input"], dict) else ""))
     return "; ".join(out)
-
-
-def dry_run(spec: SweepSpec) -> str:
-    """The trials a sweep would run, without starting Ray."""
-    grid = spec.grid_dims()
-    sampled = {k: d for k, d in spec.space.items() if d.kind != "grid"}
-    combos = list(itertools.product(*grid.values())) or [()]
-    lines = [f"sweep {spec.name}: {spec.trial_count()} trials "
-             f"(search {spec.search}, scheduler {spec.scheduler.type}, metric {spec.metric} "
-             f"{spec.mode}, {spec.resources.cpu:g} CPU + {spec.resources.gpu:g} GPU each) -> "
-             f"{spec.experiment_path()}"]
-    if spec.base:
-        lines.append("base: " + ", ".join(f"{k}={v}" for k, v in spec.base.items()))
-    n = 0
-    for _ in range(spec.num_samples):
-        for case, combo in itertools.product(spec.cases or [{}], combos):
-            n += 1
-            flags = ", ".join(f"{k}={v}" for k, v in [*case.items(), *zip(grid, combo)])
-            flags += ("; " if flags and sampled else "") + ", ".join(
-                f"{k} ~ {d.describe()}" for k, d in sampled.items())
-            if n > DRY_RUN_LINES:
-                lines.append(f"  ... and {spec.trial_count() - DRY_RUN_LINES:,} more")
-                return "\n".join(lines)
-            lines.append(f"  {n:3d}  {flags}")
-    return "\n".join(lines)
-
-
