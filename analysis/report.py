@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vggbn.sweep.experiment import write_atomic
+from vggbn.files import write_atomic
 
 from . import plots, table
 from .results import load, swept_keys
@@ -37,6 +37,12 @@ def optimization_figures(results, figs: Path) -> list[tuple[str, Path, str]]:
                         plots.save(plots.landscape_3d(results.trials, s), figs / "landscape_3d.png"),
                         ""))
     return out
+
+
+def landscape_figures(path: str) -> list[str]:
+    """Draw a local experiment's probe and surface figures into <path>/report/figures."""
+    figs = Path(path) / "report" / "figures"
+    return [str(png) for _, png, _ in optimization_figures(load(path), figs)]
 
 
 def _missing_trials(results) -> list[str]:

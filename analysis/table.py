@@ -16,7 +16,7 @@ import pandas as pd
 from scipy import stats
 
 from vggbn.config import PRESETS, TrialConfig
-from vggbn.sweep.experiment import write_atomic
+from vggbn.files import write_atomic
 
 from .results import ResultsError, status_counts
 

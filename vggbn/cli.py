@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .config import DEFAULT_RECIPE, PRESETS, RECIPES, ConfigError, TrialConfig, earlier_preset_with_same_config
+from .config import DEFAULT_RECIPE, RECIPES, ConfigError, TrialConfig, earlier_preset_with_same_config
 
 EXIT_USAGE = 2
 
@@ -41,12 +41,8 @@ def parse_sets(items: list[str] | None, where: str = "--set") -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .data import load
-    from .provenance import provenance
-    from .sweep.experiment import write_atomic
-    from .train import fit, resolve_device
+    from .train import resolve_device, run
 
     flat = parse_sets(args.set)
     for key in ("preset", "recipe"):
@@ -70,60 +66,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.quiet:  # say what is trained: the recipe fills everything not set
         default = "" if "recipe" in flat else " (default; --recipe seed for the study's)"
         print(f"{cfg.preset or cfg.arch} on {cfg.dataset}, {device}: recipe {cfg.recipe}{default}: "
-              f"{cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch_size}, {cfg.epochs} epochs, "
-              f"{cfg.schedule}, augment {'on' if cfg.augment else 'off'}, precision {cfg.precision}",
-              file=sys.stderr)
+              f"{cfg.describe()}", file=sys.stderr)
         same = earlier_preset_with_same_config(cfg, flat)
         if same:
             print(f"note: under recipe {cfg.recipe}, preset {cfg.preset} trains exactly the config of "
                   f"preset {same} (the study's rows are defined against --recipe seed)", file=sys.stderr)
-    if out is not None:
-        write_atomic(out / "config.json", json.dumps(cfg.to_flat(), indent=2) + "\n")
-        write_atomic(out / "provenance.json", json.dumps(provenance(device), indent=2) + "\n")
-        log = open(out / "metrics.jsonl", "w")  # a log, one line an epoch as it ends
-    bar = tqdm(total=cfg.epochs, desc=cfg.preset or cfg.arch, unit="epoch", file=sys.stderr,
-               disable=args.quiet)
-
-    def on_epoch(metrics, state):
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", test_acc=f"{metrics['test_acc']:.4f}")
-        if out is not None:
-            log.write(json.dumps(metrics) + "\n")
-            log.flush()
-
-    try:
-        result = fit(cfg, on_epoch=on_epoch, data=data)
-    finally:
-        bar.close()
-        if out is not None:
-            log.close()
-    if out is not None:
-        summary = {k: v for k, v in result.items() if k not in ("history", "steps")}
-        write_atomic(out / "result.json", json.dumps({"config": cfg.to_flat(), "result": summary,
-                                                      "provenance": provenance(device)}, indent=2) + "\n")
-        if result["steps"]:
-            write_atomic(out / "steps.jsonl", "".join(json.dumps(s) + "\n" for s in result["steps"]))
+    result = run(cfg, data, out=out, progress=not args.quiet)
     keys = ["epoch", "train_loss", "train_acc", "val_acc", "test_loss", "test_acc", "images_per_s"]
-    line = "  ".join(f"{k}={_fmt(result[k])}" for k in keys if k in result)
-    print(f"{line}  params={result['params']:,}  diverged={result['diverged']}"
-          + (f"  -> {out}" if out else ""))
+    line = "  ".join(f"{k}={result[k]:.4f}" if isinstance(result[k], float) else f"{k}={result[k]}"
+                     for k in keys if k in result)
+    print(f"{line}  params={result['params']:,}  diverged={result['diverged']}" + (f"  -> {out}" if out else ""))
     return 0
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 # ---------------------------------------------------------------------- presets
 def cmd_presets(args: argparse.Namespace) -> int:
-    from .models import build_model, count_params
+    from .models import preset_rows
 
-    rows = []
-    for name, p in PRESETS.items():
-        cfg = TrialConfig.from_flat({"preset": name})
-        rows.append({"preset": name, "section": p["section"], "label": p["label"],
-                     "flags": ", ".join(f"{k}={v}" for k, v in p["flags"].items()),
-                     "params": count_params(build_model(cfg, 3, 10))})
+    rows = preset_rows()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -160,18 +120,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         summary = run_sweep(spec, address=args.address)
     print(summary_text(summary))
-    if args.report:
-        _report_after(summary["path"])
+    if args.report and "://" in summary["path"]:
+        print(f"report: not written for {summary['path']} (it reads a local copy: see the README)",
+              file=sys.stderr)
+    elif args.report:
+        from analysis.report import write_report
+
+        print(write_report([summary["path"]]))
     return 0
-
-
-def _report_after(path: str) -> None:
-    if "://" in path:
-        print(f"report: not written for {path} (reports read a local copy: see the README)", file=sys.stderr)
-        return
-    from analysis.report import write_report
-
-    print(write_report([path]))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -213,11 +169,9 @@ def cmd_landscape(args: argparse.Namespace) -> int:
                         samples=args.samples, seed=args.seed, address=args.address)
     pngs = []
     if "://" not in summary["path"]:  # the figures of a local experiment, as `vggbn report` draws them
-        from analysis.report import optimization_figures
-        from analysis.results import load
+        from analysis.report import landscape_figures
 
-        figs = Path(summary["path"]) / "report" / "figures"
-        pngs = [str(png) for _, png, _ in optimization_figures(load(summary["path"]), figs)]
+        pngs = landscape_figures(summary["path"])
     print(f"surfaces of {summary['trials']} trials ({summary['points']} points) -> "
           f"{summary['path']}/surfaces.parquet" + (f"; figures: {', '.join(pngs)}" if pngs else "")
           + (f"; skipped (no checkpoint or diverged): {', '.join(summary['skipped'])}"
@@ -283,8 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--address", help="a Ray cluster to spread the grid points over")
     ls.set_defaults(func=cmd_landscape)
     return p
-
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -178,6 +178,11 @@ class TrialConfig(BaseModel):
     def to_flat(self) -> dict[str, Any]:
         return self.model_dump()
 
+    def describe(self) -> str:
+        """How it trains, in one line (what the recipe filled in)."""
+        return (f"{self.optimizer} lr {self.lr:g}, batch {self.batch_size}, {self.epochs} epochs, "
+                f"{self.schedule}, augment {'on' if self.augment else 'off'}, precision {self.precision}")
+
     def variant(self) -> dict[str, Any]:
         """The config without its seed: trials with equal variants differ only by seed."""
         d = self.model_dump()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .config import PRESETS, TrialConfig
+
 M = "M"  # 2x2 max-pool
 # arch name -> (conv layer list, classifier hidden size at width 1)
 ARCHS: dict[str, tuple[list, int]] = {
@@ -116,3 +118,11 @@ def init_weights(model: nn.Module, scheme: str) -> None:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def preset_rows() -> list[dict]:
+    """The study's rows (`vggbn presets`): flags and parameter counts with CIFAR-10 input."""
+    return [{"preset": name, "section": p["section"], "label": p["label"],
+             "flags": ", ".join(f"{k}={v}" for k, v in p["flags"].items()),
+             "params": count_params(build_model(TrialConfig.from_flat({"preset": name}), 3, 10))}
+            for name, p in PRESETS.items()]

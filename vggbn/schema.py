@@ -34,10 +34,5 @@ EPOCHS = "epochs.parquet"
 STEPS = "steps.parquet"
 PROBES = "probes.parquet"
 SURFACES = "surfaces.parquet"
-EXPORTED = (TRIALS, EPOCHS, STEPS, PROBES)   # rewritten (or removed when empty) by every export
 PARQUET_META_KEY = b"vggbn"                  # schema metadata: {"schema_version", "spec", "driver"}
-
-EPOCH_EXTRA = ("timestamp", "time_total_s", "node_id")
-STEP_COLUMNS = ("trial_id", "step", "epoch", "train_loss", "lr")
-PROBE_COLUMNS = ("trial_id", "step", "epoch", "eta", "eta_mult", "base_loss", "loss", "grad_diff", "beta")
-SURFACE_COLUMNS = ("trial_id", "kind", "alpha", "beta", "loss", "acc", "epoch")
+EPOCH_EXTRA = ("timestamp", "time_total_s", "node_id")  # epochs.parquet: beside EPOCH_METRICS

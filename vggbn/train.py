@@ -8,9 +8,11 @@ fit is a pure function of the config: same config and seed, same result on CPU. 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +20,7 @@ from torch import nn
 
 from .config import ConfigError, TrialConfig
 from .data import DeviceData, load
+from .files import write_atomic
 from .models import build_model, count_params
 from .probes import probe, rng_state
 
@@ -235,4 +238,57 @@ def summarize(cfg: TrialConfig, history: list[dict], steps: list[dict], probes: 
               "steps": steps, "probes": probes}
     if key == "val_acc":
         result["best_val_acc"] = best.get("val_acc")
+    return result
+
+
+class RunDir:
+    """What `vggbn train --out DIR` writes: config.json and provenance.json at the start,
+    metrics.jsonl one line an epoch, result.json (and steps.jsonl) at the end."""
+
+    def __init__(self, out: Path, cfg: TrialConfig, device: torch.device):
+        from .provenance import provenance
+
+        self.out, self.cfg, self.prov = Path(out), cfg, provenance(device)
+        write_atomic(self.out / "config.json", json.dumps(cfg.to_flat(), indent=2) + "\n")
+        write_atomic(self.out / "provenance.json", json.dumps(self.prov, indent=2) + "\n")
+        self.log = open(self.out / "metrics.jsonl", "w")  # a log: one line as each epoch ends
+
+    def epoch(self, metrics: dict[str, Any]) -> None:
+        self.log.write(json.dumps(metrics) + "\n")
+        self.log.flush()
+
+    def close(self, result: dict[str, Any] | None = None) -> None:
+        self.log.close()
+        if result is None:
+            return
+        summary = {k: v for k, v in result.items() if k not in ("history", "steps")}
+        write_atomic(self.out / "result.json", json.dumps(
+            {"config": self.cfg.to_flat(), "result": summary, "provenance": self.prov}, indent=2) + "\n")
+        if result["steps"]:
+            write_atomic(self.out / "steps.jsonl", "".join(json.dumps(s) + "\n" for s in result["steps"]))
+
+
+def run(cfg: TrialConfig, data: DeviceData, *, out: Path | None = None, progress: bool = True) -> dict:
+    """`vggbn train`: fit with a progress bar on stderr and, with `out`, a RunDir."""
+    import sys
+
+    from tqdm import tqdm
+
+    run_dir = RunDir(out, cfg, data.device) if out is not None else None
+    bar = tqdm(total=cfg.epochs, desc=cfg.preset or cfg.arch, unit="epoch", file=sys.stderr,
+               disable=not progress)
+
+    def on_epoch(metrics, state):
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", test_acc=f"{metrics['test_acc']:.4f}")
+        if run_dir is not None:
+            run_dir.epoch(metrics)
+
+    result = None
+    try:
+        result = fit(cfg, on_epoch=on_epoch, data=data)
+    finally:
+        bar.close()
+        if run_dir is not None:
+            run_dir.close(result)
     return result

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ..config import TrialConfig
+from ..files import write_atomic
 from ..schema import CLAIM_FILE, SCHEMA_VERSION, SPEC_FILE, TRIAL_CONFIG_FILE, TRIAL_DIR, TRIAL_ERROR_FILE
 from .spec import SweepSpec, SweepSpecError, storage_problem, stored_spec
 
@@ -42,19 +43,6 @@ def normalize(path: str) -> str:
     if path.split("://", 1)[0].lower() == "file":
         return str(Path(urlparse(path).path).absolute())
     return path.rstrip("/")
-
-
-def write_atomic(path: Path, data: bytes | str) -> Path:
-    """A local file that appears whole or not at all: a temporary file beside it, renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.time_ns()}")
-    try:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 class Experiment:

@@ -15,7 +15,8 @@ import logging
 import warnings
 
 from ..config import ConfigError, TrialConfig
-from ..schema import EPOCH_EXTRA, EPOCH_METRICS, EPOCHS, PARQUET_META_KEY, PROBES, SCHEMA_VERSION, STEPS, TRIALS
+from ..schema import (EPOCH_EXTRA, EPOCH_METRICS, EPOCHS, PARQUET_META_KEY, PROBES, SCHEMA_VERSION, STEPS,
+                      TRIAL_DIR, TRIALS)
 from . import checkpoint
 from .experiment import Experiment, ExperimentError
 from .spec import flat_config
@@ -51,16 +52,20 @@ def _analysis(exp: Experiment):
         quiet.setLevel(level)
 
 
-def trial_config(exp: Experiment, trial_id: str, raw: dict, ckpts: list[str]) -> tuple[dict, str | None]:
+def checkpoints(exp: Experiment, trial_id: str) -> list[tuple[str, dict]]:
+    """(path, meta.json) of the trial's checkpoints with readable metadata, newest first."""
+    paths = checkpoint.list_checkpoints(exp.fs, exp.trial_dir(trial_id))
+    return [(p, meta) for p in paths if (meta := checkpoint.read_meta(exp.fs, p))]
+
+
+def trial_config(exp: Experiment, trial_id: str, raw: dict,
+                 ckpts: list[tuple[str, dict]]) -> tuple[dict, str | None]:
     """(the trial's resolved config, a note when it could not be known), stored config first."""
     stored = exp.trial_config(trial_id)
-    for path in ckpts if stored is None else []:
-        meta = checkpoint.read_meta(exp.fs, path)
-        if meta and isinstance(meta.get("config"), dict):
-            stored = meta["config"]
-            break
+    if stored is None:
+        stored = next((m["config"] for _, m in ckpts if isinstance(m.get("config"), dict)), None)
     if stored is None and ckpts:  # written before configs were stored: the state holds it
-        state, _, _ = checkpoint.newest_readable(exp.fs, ckpts)
+        state, _, _ = checkpoint.newest_readable(exp.fs, [p for p, _ in ckpts])
         if state is not None and isinstance(state.get("config"), dict):
             stored = state["config"]
     try:
@@ -87,10 +92,10 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
     for trial in ea.trials:
         tid = trial.trial_id
         tdir = exp.trial_dir(tid)
-        ckpts = [p for p in checkpoint.list_checkpoints(exp.fs, tdir) if checkpoint.read_meta(exp.fs, p)]
+        ckpts = checkpoints(exp, tid)
         cfg, config_error = trial_config(exp, tid, trial.config, ckpts)
-        meta = checkpoint.read_meta(exp.fs, ckpts[0]) if ckpts else {}
-        saved = checkpoint.read_history(exp.fs, ckpts[0]) if ckpts else {"history": [], "steps": [], "probes": []}
+        meta = ckpts[0][1] if ckpts else {}
+        saved = checkpoint.read_history(exp.fs, ckpts[0][0]) if ckpts else {"history": [], "steps": [], "probes": []}
         df = ea.trial_dataframes.get(tid)
         if df is None or df.empty:
             df = pd.DataFrame(columns=list(EPOCH_METRICS))
@@ -105,7 +110,8 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
                                ignore_index=True)
             df = df.sort_values("epoch", ignore_index=True)
         last = df.iloc[-1].to_dict() if len(df) else {}
-        error = exp.trial_error(tid) or config_error
+        deterministic = exp.trial_error(tid)  # out of memory or invalid config: run once
+        error = deterministic or config_error
         status = _status(trial.status, last, cfg.get("epochs", 0) if not config_error else 0, error)
         if status == "errored" and not error:
             error = _ray_error(exp, tid)
@@ -116,20 +122,20 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
                **{("final_lr" if m == "lr" else m): last.get(m) for m in EPOCH_METRICS},
                "epochs_run": int(len(df)),
                "best_epoch": best.get("epoch"), "best_test_acc": best.get("test_acc"),
-               "best_val_acc": best.get("val_acc"), "params": (meta or {}).get("params"),
+               "best_val_acc": best.get("val_acc"), "params": meta.get("params"),
                "wall_time_s": lr_.get("time_total_s"), "node": lr_.get("node_ip"),
                "hostname": lr_.get("hostname"), "node_id": lr_.get("node_id"),
                "failures": int(getattr(trial, "num_failures", 0) or 0),
                "restore_notes": checkpoint.restore_notes(exp.fs, tdir),
                "error": error if status == "errored" else None}
-        prov = (meta or {}).get("provenance") or {**driver, "device": None, "device_name": None}
+        prov = meta.get("provenance") or {**driver, "device": None, "device_name": None}
         row.update({f"prov_{k}": v for k, v in prov.items()})
         rows.append(row)
         if len(df):
             epoch_frames.append(df.assign(trial_id=tid))
         step_rows += [{"trial_id": tid, **s} for s in saved["steps"]]
         probe_rows += [{"trial_id": tid, **p} for p in saved["probes"]]
-        if status in FINISHED or (status == "errored" and exp.trial_error(tid)):
+        if status in FINISHED or deterministic:
             pruned += checkpoint.prune_finished(exp.fs, tdir)
 
     trials = pd.DataFrame(rows)
@@ -162,7 +168,7 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
 def _ray_error(exp: Experiment, trial_id: str) -> str | None:
     """The last line of the trial's error (Ray keeps error.txt in the trial's directory)."""
     try:
-        raw = exp.read_bytes(f"trial_{trial_id}/error.txt")
+        raw = exp.read_bytes(f"{TRIAL_DIR.format(trial_id=trial_id)}/error.txt")
     except OSError:
         return None
     lines = [ln for ln in (raw or b"").decode(errors="replace").splitlines() if ln.strip()]

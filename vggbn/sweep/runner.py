@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from ..config import TrialConfig
+from ..schema import TRIAL_DIR
 from .experiment import Experiment, ExperimentError
 from .spec import CASE_KEY, SweepSpec, SweepSpecError
 
@@ -119,7 +120,7 @@ def _reporter(spec: SweepSpec):
 
 
 def _trial_dirname(trial) -> str:
-    return f"trial_{trial.trial_id}"
+    return TRIAL_DIR.format(trial_id=trial.trial_id)
 
 
 def build_tuner(spec: SweepSpec, exp: Experiment | None = None):

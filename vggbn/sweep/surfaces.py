@@ -14,7 +14,7 @@ import os
 from ..schema import SURFACES, TRIALS
 from . import checkpoint
 from .experiment import Experiment, ExperimentError
-from .export import trial_config
+from .export import checkpoints, trial_config
 
 
 def ray_map(fn, args: tuple, parts: list) -> list:
@@ -71,8 +71,8 @@ def landscape(path: str, *, trial_ids: list[str] | None = None, resolution: int 
     for tid in known:
         if trial_ids and tid not in trial_ids:
             continue
-        ckpts = checkpoint.list_checkpoints(exp.fs, exp.trial_dir(tid))
-        state, _, _ = checkpoint.newest_readable(exp.fs, ckpts)
+        ckpts = checkpoints(exp, tid)
+        state, _, _ = checkpoint.newest_readable(exp.fs, [p for p, _ in ckpts])
         history = (state or {}).get("history") or []
         if state is None or (history and history[-1].get("diverged")):
             skipped.append(tid)
