@@ -24,7 +24,7 @@ sweep: $(BIN)/vggbn
 	$(BIN)/vggbn sweep $(SWEEP) $(SWEEP_ARGS) --resume --report
 
 lint: $(BIN)/vggbn
-	$(BIN)/ruff check vggbn tests benchmarks
+	$(BIN)/ruff check vggbn analysis tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -8,7 +8,7 @@ import pandas as pd
 
 from vggbn.files import write_atomic
 
-from . import plots, table
+from . import plots, stats, table
 from .results import load, swept_keys
 
 
@@ -65,6 +65,34 @@ def _missing_trials(results) -> list[str]:
     return missing
 
 
+def _smoothness_section(trials, probes) -> list[str]:
+    """The paper's claim as a number: BN / no-BN median β with its 95% CI, per setup, in words."""
+    beta = probes.groupby(["trial_id", "step"])["beta"].max().groupby("trial_id").median()
+    md = ["Median effective β-smoothness per trial (max over η at each probe, median over probes):", ""]
+    md += [f"- {trials.set_index('trial_id').loc[t, 'label']}: {b:.3g}" for t, b in beta.items()]
+    comp = stats.smoothness_comparison(trials, probes)
+    if comp.empty:
+        return md + [""]
+    md += ["", "## Is BN smoother? (the paper's claim)", "",
+           "| setup | test acc no BN / BN | median β no BN / BN | BN / no-BN β ratio [95% CI] | "
+           "‖∇L(w−ηg) − ∇L(w)‖ (max over η, median over probes) no BN / BN | verdict |", "|---|---|---|---|---|---|"]
+    for _, r in comp.iterrows():
+        md.append(f"| {r['setup']} | {100 * r['test_acc_no_bn']:.1f}% / {100 * r['test_acc_bn']:.1f}%"
+                  f"{'' if r['both_train'] else ' (not both train)'} | {r['beta_no_bn']:.3g} / "
+                  f"{r['beta_bn']:.3g} | **{r['ratio']:.2f}** [{r['ci_low']:.2f}, {r['ci_high']:.2f}] | "
+                  f"{r['grad_diff_no_bn']:.3g} / {r['grad_diff_bn']:.3g} | {r['direction']} |")
+    methods = "; ".join(dict.fromkeys(comp["method"]))
+    md += ["", f"CI: {methods}. A network \"trains\" here when each of its runs completed (none "
+           f"diverged) with a final test accuracy of at least 5x chance (50% with 10 classes, 5% "
+           f"on CIFAR-100). A probe whose loss overflowed counts as infinitely rough. Ratio < 1: "
+           f"BN's landscape is smoother."
+           + (" With fewer than 3 seeds a side, the CI covers the variation along the run, not "
+              "between seeds: add seeds (>= 3) to bootstrap over them." if "block" in methods else ""),
+           "",
+           f"**{stats.verdict(comp)}**", ""]
+    return md
+
+
 def _md_table(df) -> str:
     cols = list(df.columns)
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -117,10 +145,14 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
             band = trials[trials["optimizer"] == best]
         fig = plots.save(plots.loss_band(band, results.steps[results.steps["trial_id"].isin(
             band["trial_id"])]), figs / "loss_band.png")
+        widths = stats.band_width(band, results.steps)
         md += ["## Loss band (BN vs no BN, across learning rates)", "",
                "Per training step, the min and max of the training loss over the runs with "
                "different learning rates (the course's band, per step across runs).", "",
                f"![loss band]({rel(fig)})", ""]
+        if len(widths) == 2:
+            md += [f"Mean width of the band over the steps: no BN {widths[False]:.3f}, BN "
+                   f"{widths[True]:.3f} (ratio BN / no BN {widths[True] / widths[False]:.2f}).", ""]
     for meta in results.specs:
         spec = meta.get("spec") or {}
         if spec.get("search") in ("optuna", "random") or (spec.get("scheduler") or {}).get("type") == "asha":
@@ -133,10 +165,7 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
     for title, png, caption in optimization_figures(results, figs):
         md += [f"## {title}", "", caption, "", f"![{title}]({rel(png)})", ""]
     if results.probes is not None and len(results.probes):
-        beta = results.probes.groupby(["trial_id", "step"])["beta"].max().groupby("trial_id").median()
-        md += ["Median effective β-smoothness per trial (max over η at each probe):", ""]
-        md += [f"- {trials.set_index('trial_id').loc[t, 'label']}: {b:.3g}" for t, b in beta.items()]
-        md += [""]
+        md += _smoothness_section(trials, results.probes)
     md += ["## Trials that did not complete", ""]
     if len(incomplete):
         cols = [c for c in ("trial_id", "label", "seed", "status", "epochs_run", "error")

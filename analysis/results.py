@@ -82,6 +82,9 @@ def load(*paths: str | Path) -> Results:
         if bad:
             raise ResultsError(f"{p / TRIALS}: unknown status {bad[0]!r}.\nFix: {fix}")
         specs.append(meta)
+        # a config field added since this export was written: its default is what the trials had
+        t = t.assign(**{k: [TrialConfig.model_fields[k].default] * len(t) for k in CONFIG_KEYS
+                        if k not in t.columns and "preset" in t.columns})
         if len(paths) > 1:  # trial ids are unique per sweep only
             prefix = str(t["sweep"].iloc[0]) if len(t) else p.name
             t = t.assign(trial_id=prefix + "/" + t["trial_id"])

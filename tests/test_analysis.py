@@ -88,6 +88,27 @@ def test_sections_in_the_study_order_with_labels_and_reference():
     assert "\\begin{tabular}" in table.to_latex(tab, info)
 
 
+def test_best_epoch_column_only_for_seed_recipe_runs():
+    """The study picked its epoch on the test set: shown beside its numbers, never as the main column."""
+    trials, epochs = [], []
+    for seed, curve in enumerate(([0.5, 0.8, 0.7], [0.6, 0.75, 0.74])):
+        cfg = TrialConfig.from_flat({"preset": "vgg_a", "recipe": "seed", "seed": seed}).to_flat()
+        trials.append({"trial_id": f"t{seed}", "sweep": "s", "status": "completed", **cfg,
+                       "test_acc": curve[-1], "params": 1, "best_epoch": 2, "wall_time_s": 1.0})
+        epochs += [{"trial_id": f"t{seed}", "epoch": e + 1, "test_acc": a, "time_total_s": e,
+                    "images_per_s": 1.0} for e, a in enumerate(curve)]
+    tab, info = table.comparison_table(label_variants(pd.DataFrame(trials)), pd.DataFrame(epochs))
+    assert np.isclose(tab["mean"].iloc[0], 0.72) and np.isclose(tab["best_epoch_test_acc"].iloc[0], 0.775)
+    d = table.display_frame(tab, info)
+    assert d["Best-epoch test % (seed recipe)"].iloc[0] == "77.50"
+    assert d["Test acc % (mean ± std)"].iloc[0].startswith("72.00")
+    assert "flatters it" in table.to_markdown(tab, info)
+    strong, strong_epochs = hand_built()  # the `strong` recipe: no such column
+    tab, info = table.comparison_table(strong, strong_epochs)
+    assert tab["best_epoch_test_acc"].isna().all()
+    assert "Best-epoch test % (seed recipe)" not in table.display_frame(tab, info)
+
+
 def test_own_reference_csv_and_baseline(tmp_path):
     trials, epochs = hand_built()
     ref = tmp_path / "ref.csv"
@@ -177,6 +198,15 @@ def test_report_end_to_end_on_the_smoke_sweep(smoke_dir, tmp_path):
     assert "git_commit" in md and "torch_version" in md
     csv = pd.read_csv(out / "table.csv")
     assert len(csv) == 2 and set(csv["n"]) == {2}
+    # the study's statistic beside its column: each seed run's best epoch on the test set, averaged
+    ep, tr = pd.read_parquet(smoke_dir / "epochs.parquet"), pd.read_parquet(smoke_dir / "trials.parquet")
+    best = ep.groupby("trial_id")["test_acc"].max()
+    for bn, want in tr.assign(best=tr["trial_id"].map(best)).groupby("bn")["best"].mean().items():
+        assert np.isclose(csv.set_index("variant").loc[f"bn={bn}", "best_epoch_test_acc"], want)
+    assert "Best-epoch test % (seed recipe)" in md and "flatters it" in md
+    # the paper's claim as a number: BN / no-BN median beta with a CI, in words
+    assert "## Is BN smoother?" in md and "block bootstrap over probe steps" in md
+    assert any(w in md for w in ("The paper's direction holds", "does not hold", "In no setup"))
 
 
 def test_report_on_a_partial_sweep_names_missing_trials(smoke_dir, tmp_path):
@@ -234,3 +264,23 @@ def test_probes_exported_and_landscape_end_to_end(smoke_dir, tmp_path):
         assert (exp / "report" / "figures" / f).stat().st_size > 10_000, f
         assert f"figures/{f}" in md
     assert "Median effective β-smoothness" in md
+
+
+def test_an_export_written_before_a_config_field_existed_reads_with_its_default(smoke_copy, tmp_path):
+    """trials.parquet from before bn_position/dropout_position: the trials had the standard
+    layouts, and loaded beside a new export, equal configs are one variant."""
+    import pyarrow.parquet as pq
+
+    from analysis.results import load
+
+    old = tmp_path / "old"
+    shutil.copytree(smoke_copy, old)
+    t = pq.read_table(old / "trials.parquet")
+    pq.write_table(t.drop_columns(["bn_position", "dropout_position"]), old / "trials.parquet")
+    assert "bn_position" not in pd.read_parquet(old / "trials.parquet")
+    r = load(old)
+    assert set(r.trials["bn_position"]) == {"before_activation"}
+    assert set(r.trials["dropout_position"]) == {"after_hidden"}
+    both = load(old, smoke_copy).trials
+    assert both.groupby("variant")["trial_id"].count().tolist() == [4, 4]  # 2 bn values x 2 seeds x 2 exports
+    assert all(np.isfinite(table.gflops(row.to_dict())) for _, row in r.trials.iterrows())

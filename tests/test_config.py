@@ -53,12 +53,50 @@ def test_preset_expands_and_explicit_keys_override():
     assert TrialConfig.from_flat({"preset": "vgg_a_l2"}).weight_decay == 1e-4
     sgd = TrialConfig.from_flat({"preset": "vgg_a_bn_sgd", "recipe": "seed"})
     assert (sgd.optimizer, sgd.momentum, sgd.lr) == ("sgd", 0.9, RECIPES["seed"]["lr"]["sgd"])
+    # the study's train.py: one learning_rate = 0.001 for every optimizer, SGD with momentum 0.9
+    assert (sgd.lr, sgd.nesterov) == (1e-3, False)
+
+
+def test_a_preset_carries_its_row_a_recipe_how_it_trains():
+    """Structure and slope follow the preset under every recipe; the study's per-class init only
+    under `seed`; an explicit init wins over both."""
+    for recipe in ("seed", "strong"):
+        d = TrialConfig.from_flat({"preset": "vgg_a_dropout_bn", "recipe": recipe})
+        assert (d.bn_position, d.dropout_position, d.dropout) == ("after_activation", "before_hidden", 0.5)
+        leaky = TrialConfig.from_flat({"preset": "vgg_a_leaky_relu", "recipe": recipe})
+        assert (leaky.activation, leaky.leaky_slope) == ("leaky_relu", 0.1)
+    seed_init = {p: TrialConfig.from_flat({"preset": p, "recipe": "seed"}).init for p in PRESETS}
+    assert seed_init == {"vgg_a": "xavier_normal", "vgg_a_bn": "xavier_normal",
+                         "vgg_a_dropout_bn": "default", "vgg_light": "default",
+                         "vgg_a_dropout_bn_res": "default", "vgg_a_leaky_relu": "kaiming_fan_out",
+                         "vgg_a_l2": "xavier_normal", "vgg_a_bn_sgd": "xavier_normal"}
+    assert {TrialConfig.from_flat({"preset": p, "recipe": "strong"}).init for p in PRESETS} == {"kaiming"}
+    for recipe in ("seed", "strong"):
+        assert TrialConfig.from_flat({"preset": "vgg_light", "recipe": recipe, "init": "xavier"}).init == "xavier"
+    # without a preset the flags keep the standard layouts, and seed's init is VGG_A's
+    plain = TrialConfig.from_flat({"recipe": "seed", "bn": True, "dropout": 0.5})
+    assert (plain.bn_position, plain.dropout_position, plain.init) == (
+        "before_activation", "after_hidden", "xavier_normal")
+
+
+def test_a_stored_config_keeps_its_meaning():
+    """A config written before bn_position/dropout_position existed trained the standard layouts,
+    even for the preset that now carries the study's: read back, it must still say so."""
+    old = TrialConfig.from_flat({"preset": "vgg_a_dropout_bn", "recipe": "seed"}).to_flat()
+    del old["bn_position"], old["dropout_position"]
+    old["init"] = "xavier"  # what the seed recipe drew then
+    back = TrialConfig.from_stored(old)
+    assert (back.bn_position, back.dropout_position, back.init) == (
+        "before_activation", "after_hidden", "xavier")
+    assert TrialConfig.from_flat(old).bn_position == "after_activation"  # what from_flat would do
+    new = TrialConfig.from_flat({"preset": "vgg_a_dropout_bn", "recipe": "seed"})
+    assert TrialConfig.from_stored(new.to_flat()) == new
 
 
 def test_recipes():
     seed = TrialConfig.from_flat({"recipe": "seed"})
     assert (seed.optimizer, seed.lr, seed.batch_size, seed.epochs, seed.augment, seed.normalize,
-            seed.init, seed.precision) == ("adam", 1e-3, 1024, 30, False, "half", "xavier", "fp32")
+            seed.init, seed.precision) == ("adam", 1e-3, 1024, 30, False, "half", "xavier_normal", "fp32")
     strong = TrialConfig.from_flat({"recipe": "strong", "preset": "vgg_a_bn"})
     assert (strong.optimizer, strong.nesterov, strong.lr, strong.batch_size, strong.label_smoothing,
             strong.augment, strong.normalize, strong.precision, strong.bn) == (

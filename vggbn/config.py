@@ -60,16 +60,25 @@ class TrialConfig(BaseModel):
         "vgg_a", description="conv layer list (VGG-A=11, B=13, D=16, E=19 layers; vgg_light)")
     width: float = Field(1.0, gt=0.0, le=8.0, description="multiplier of conv channels and "
                          "classifier hidden size")
-    bn: bool = Field(False, description="BatchNorm after every conv")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="drop probability after each classifier "
-                           "hidden layer (0 = off)")
+    bn: bool = Field(False, description="BatchNorm in every conv layer")
+    bn_position: Literal["before_activation", "after_activation"] = Field(
+        "before_activation", description="where BatchNorm sits in a conv layer: conv-BN-act "
+        "(Ioffe & Szegedy; the standard) or conv-act-BN (the study's BN + Dropout row)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="drop probability in the classifier "
+                           "(0 = off)")
+    dropout_position: Literal["after_hidden", "before_hidden"] = Field(
+        "after_hidden", description="'after_hidden': Linear-act-Dropout for both hidden layers "
+        "(torchvision's VGG); 'before_hidden': Dropout-Linear-act (the study's: drops the conv "
+        "features and the first hidden layer's output)")
     residual: bool = Field(False, description="each conv becomes a two-conv residual block "
                            "(1x1 projection where channels change)")
     activation: Literal["relu", "leaky_relu", "gelu", "elu", "silu"] = Field(
         "relu", description="nonlinearity everywhere")
     leaky_slope: float = Field(0.01, ge=0.0, lt=1.0, description="negative slope of leaky_relu")
-    init: Literal["xavier", "kaiming", "default"] = Field(
-        "xavier", description="weight init of conv/linear layers (biases zero)")
+    init: Literal["xavier", "xavier_normal", "kaiming", "kaiming_fan_out", "default"] = Field(
+        "xavier", description="conv/linear weights: 'xavier' = xavier_uniform_, 'xavier_normal', "
+        "'kaiming' = kaiming_normal_ (fan_in, ReLU gain), 'kaiming_fan_out' = kaiming_normal_ "
+        "(fan_out, gain sqrt 2); biases zero; 'default' = PyTorch's own (biases too)")
     # -- optimisation
     optimizer: Literal["sgd", "adam", "adamw"] = Field("adam", description="optimizer")
     lr: float = Field(1e-3, gt=0.0, description="peak learning rate")
@@ -135,6 +144,8 @@ class TrialConfig(BaseModel):
         preset = data.get("preset")
         if isinstance(preset, str) and preset in PRESETS:
             merged.update(PRESETS[preset]["flags"])
+            if recipe == "seed":  # the study's per-class init is part of its training setup
+                merged["init"] = PRESETS[preset]["seed_init"]
         merged.update(data)
         if "lr" not in merged:  # the recipe's lr for the optimizer the merge ended with
             opt = merged.get("optimizer", cls.model_fields["optimizer"].default)
@@ -152,6 +163,17 @@ class TrialConfig(BaseModel):
             if dataset in AUTO_AUGMENT:  # an unknown dataset is reported by its own validation
                 merged["augment"] = AUTO_AUGMENT[dataset]
         return merged
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> "TrialConfig":
+        """A resolved config read back (a trial's vggbn-config.json, a checkpoint, an export row).
+
+        It was complete when written, so a key it lacks is a field added since, and the field's
+        default is what the trial trained with (the defaults of added fields are the layouts that
+        existed before them). Unlike `from_flat`, today's preset flags never fill it in.
+        """
+        return cls.from_flat({**{k: f.default for k, f in cls.model_fields.items()
+                                 if k not in stored}, **stored})
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> "TrialConfig":
@@ -181,7 +203,8 @@ class TrialConfig(BaseModel):
     def describe(self) -> str:
         """How it trains, in one line (what the recipe filled in)."""
         return (f"{self.optimizer} lr {self.lr:g}, batch {self.batch_size}, {self.epochs} epochs, "
-                f"{self.schedule}, augment {'on' if self.augment else 'off'}, precision {self.precision}")
+                f"{self.schedule}, augment {'on' if self.augment else 'off'}, init {self.init}, "
+                f"precision {self.precision}")
 
     def variant(self) -> dict[str, Any]:
         """The config without its seed: trials with equal variants differ only by seed."""
@@ -212,35 +235,48 @@ def format_validation_error(e: ValidationError, model: type[BaseModel]) -> str:
 
 # ---------------------------------------------------------------------- presets (the study's rows)
 # Flags only: one builder makes every row, so a row cannot silently train another row's model.
+# A preset carries what its row IS: structure, activation and its slope (under every recipe), and
+# `seed_init`, the init the study's class drew, which only the `seed` recipe reads (init is part of
+# how a model is trained: `strong` keeps its own; an explicit `init` wins over both). The study's
+# classes (its models/vgg.py): VGG_A and VGG_A_BatchNorm init xavier_normal_; VGG_A_LeakyReLU
+# kaiming_normal_(mode="fan_out", nonlinearity="leaky_relu"); the Light, Dropout and Res classes
+# keep PyTorch's default init. tests/test_study_models.py pins each row to that description.
 PRESETS: dict[str, dict[str, Any]] = {
     "vgg_a": dict(section="Network structure", label="VGG_A",
-                  flags=dict(arch="vgg_a")),
+                  flags=dict(arch="vgg_a"), seed_init="xavier_normal"),
     "vgg_a_bn": dict(section="Network structure", label="VGG_BatchNorm",
-                     flags=dict(arch="vgg_a", bn=True)),
+                     flags=dict(arch="vgg_a", bn=True), seed_init="xavier_normal"),
     "vgg_a_dropout_bn": dict(section="Network structure", label="VGG_BatchNorm + Dropout",
-                             flags=dict(arch="vgg_a", bn=True, dropout=0.5)),
+                             flags=dict(arch="vgg_a", bn=True, bn_position="after_activation",
+                                        dropout=0.5, dropout_position="before_hidden"),
+                             seed_init="default"),
     "vgg_light": dict(section="Network structure", label="VGG_Light",
-                      flags=dict(arch="vgg_light")),
+                      flags=dict(arch="vgg_light"), seed_init="default"),
     "vgg_a_dropout_bn_res": dict(section="Network structure", label="VGG_BatchNorm + Dropout + Res",
-                                 flags=dict(arch="vgg_a", bn=True, dropout=0.5, residual=True)),
+                                 flags=dict(arch="vgg_a", bn=True, dropout=0.5,
+                                            dropout_position="before_hidden", residual=True),
+                                 seed_init="default"),
     "vgg_a_leaky_relu": dict(section="Network structure", label="VGG_A + LeakyReLU",
-                             flags=dict(arch="vgg_a", activation="leaky_relu")),
+                             flags=dict(arch="vgg_a", activation="leaky_relu", leaky_slope=0.1),
+                             seed_init="kaiming_fan_out"),
     "vgg_a_l2": dict(section="Loss function", label="VGG_A + L2 (1e-4)",
-                     flags=dict(arch="vgg_a", weight_decay=1e-4)),
+                     flags=dict(arch="vgg_a", weight_decay=1e-4), seed_init="xavier_normal"),
     "vgg_a_bn_sgd": dict(section="Optimizer", label="VGG_BatchNorm + SGD (momentum 0.9)",
-                         flags=dict(arch="vgg_a", bn=True, optimizer="sgd", momentum=0.9)),
+                         flags=dict(arch="vgg_a", bn=True, optimizer="sgd", momentum=0.9),
+                         seed_init="xavier_normal"),
 }
 
 # ---------------------------------------------------------------------- recipes (training setups)
 # `lr` is per optimizer, used unless the trial sets lr itself.
 RECIPES: dict[str, dict[str, Any]] = {
     "seed": dict(
-        description="the study's own: Adam 1e-3, batch 1024, 30 epochs, no augmentation, "
-                    "(x-0.5)/0.5 inputs, xavier init, fp32",
+        description="the study's train.py: Adam 1e-3 (SGD 1e-3, momentum 0.9), batch 1024, 30 "
+                    "epochs, no augmentation, (x-0.5)/0.5 inputs, the study's per-class init "
+                    "(xavier_normal without a preset), fp32",
         fields=dict(recipe="seed", optimizer="adam", batch_size=1024, epochs=30, augment=False,
-                    normalize="half", init="xavier", schedule="constant", warmup_epochs=0.0,
+                    normalize="half", init="xavier_normal", schedule="constant", warmup_epochs=0.0,
                     label_smoothing=0.0, precision="fp32", nesterov=False),
-        lr={"adam": 1e-3, "adamw": 1e-3, "sgd": 1e-2},
+        lr={"adam": 1e-3, "adamw": 1e-3, "sgd": 1e-3},
     ),
     "strong": dict(
         description="SGD Nesterov 0.9, lr 0.1, batch 128, warm-up over 5% of the "

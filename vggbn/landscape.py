@@ -50,7 +50,7 @@ def evaluate_points(config: dict, weights: dict, directions: tuple[list, list], 
                     y: torch.Tensor, points: list[tuple[str, float, float]],
                     batch_size: int = 1024) -> list[dict]:
     """Loss and accuracy at each (kind, a, b). Pure function of its arguments (a Ray task body)."""
-    cfg = TrialConfig.from_flat({k: v for k, v in config.items() if not k.startswith("_")})
+    cfg = TrialConfig.from_stored({k: v for k, v in config.items() if not k.startswith("_")})
     model = build_model(cfg, x.shape[1], int(config.get("_num_classes", 10)))
     model.load_state_dict(weights)
     model.eval()
@@ -75,7 +75,7 @@ def surfaces(config: dict, weights: dict, *, resolution: int = 21, span: float =
              samples: int = 2048, seed: int = 0, two_d: bool = True, chunks: int = 8,
              map_chunks: Callable | None = None) -> pd.DataFrame:
     """1D curve and 2D grid of loss/accuracy around `weights` (a model state dict) of `config`."""
-    cfg = TrialConfig.from_flat({**config, "device": "cpu", "augment": False})
+    cfg = TrialConfig.from_stored({**config, "device": "cpu", "augment": False})
     data = load(cfg, "cpu")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train), generator=g)[:samples]

@@ -1,4 +1,5 @@
-"""ONE VGG builder: an arch list plus flags (bn, dropout, residual, activation, width, init).
+"""ONE VGG builder: an arch list plus flags (bn and its position, dropout and its position,
+residual, activation, width, init).
 
 Every study row is `build_model(cfg)` with different flags (timm's vgg.py style), so no variant
 can be a hand-written class that silently differs from its name.
@@ -33,19 +34,25 @@ def scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
+def norm_act(c: int, cfg) -> list[nn.Module]:
+    """BN and activation in the config's order (no BN: the activation alone)."""
+    if not cfg.bn:
+        return [make_activation(cfg)]
+    if cfg.bn_position == "after_activation":
+        return [make_activation(cfg), nn.BatchNorm2d(c)]
+    return [nn.BatchNorm2d(c), make_activation(cfg)]
+
+
 class ConvBNAct(nn.Sequential):
-    """3x3 conv (+ BN) + activation: one layer of the plain VGG."""
+    """3x3 conv, then BN and activation in `bn_position` order: one layer of the plain VGG."""
 
     def __init__(self, cin: int, cout: int, cfg):
-        layers = [nn.Conv2d(cin, cout, 3, padding=1)]
-        if cfg.bn:
-            layers.append(nn.BatchNorm2d(cout))
-        layers.append(make_activation(cfg))
-        super().__init__(*layers)
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), *norm_act(cout, cfg))
 
 
 class ResidualBlock(nn.Module):
-    """act(BN(conv(act(BN(conv(x))))) + shortcut(x)); shortcut = 1x1 conv + BN where channels change."""
+    """act(BN(conv(act(BN(conv(x))))) + shortcut(x)); shortcut = 1x1 conv + BN where channels change.
+    `bn_position: after_activation` swaps the first BN and activation; the BN before the add stays."""
 
     def __init__(self, cin: int, cout: int, cfg):
         super().__init__()
@@ -54,7 +61,7 @@ class ResidualBlock(nn.Module):
             return nn.BatchNorm2d(c) if cfg.bn else nn.Identity()
 
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1), norm(cout), make_activation(cfg),
+            nn.Conv2d(cin, cout, 3, padding=1), *norm_act(cout, cfg),
             nn.Conv2d(cout, cout, 3, padding=1), norm(cout))
         self.shortcut = (nn.Identity() if cin == cout
                          else nn.Sequential(nn.Conv2d(cin, cout, 1), norm(cout)))
@@ -91,9 +98,12 @@ def build_model(cfg, in_channels: int = 3, num_classes: int = 10, image_size: in
     hidden = scaled(hidden, cfg.width)
     head = []
     for fan_in in (c * size * size, hidden):
-        head += [nn.Linear(fan_in, hidden), make_activation(cfg)]
+        hidden_layer = [nn.Linear(fan_in, hidden), make_activation(cfg)]
         if cfg.dropout > 0:
-            head.append(nn.Dropout(cfg.dropout))
+            drop = nn.Dropout(cfg.dropout)
+            hidden_layer = ([drop, *hidden_layer] if cfg.dropout_position == "before_hidden"
+                            else [*hidden_layer, drop])
+        head += hidden_layer
     head.append(nn.Linear(hidden, num_classes))
     model = VGG(nn.Sequential(*features), nn.Sequential(*head))
     init_weights(model, cfg.init)
@@ -101,12 +111,18 @@ def build_model(cfg, in_channels: int = 3, num_classes: int = 10, image_size: in
 
 
 def init_weights(model: nn.Module, scheme: str) -> None:
+    """Conv/linear weights by `scheme`, their biases zero, BN weight 1 and bias 0; 'default' keeps
+    PyTorch's init (kaiming_uniform_ with a=sqrt(5): uniform on +-1/sqrt(fan_in), biases too)."""
     if scheme == "default":
         return
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             if scheme == "xavier":
                 nn.init.xavier_uniform_(m.weight)
+            elif scheme == "xavier_normal":
+                nn.init.xavier_normal_(m.weight)
+            elif scheme == "kaiming_fan_out":  # the study's LeakyReLU class, verbatim (a=0: gain sqrt 2)
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
             else:
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             if m.bias is not None:
@@ -120,9 +136,33 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def structure(cfg) -> str:
+    """A conv layer and a classifier hidden layer of `cfg`'s model, in words (from the built model,
+    so it cannot disagree with it), e.g. 'conv-ReLU-BN; head Dropout-Linear-ReLU x2'."""
+    names = {nn.Conv2d: "conv", nn.BatchNorm2d: "BN", nn.Linear: "Linear", nn.Dropout: "Dropout",
+             nn.ReLU: "ReLU", nn.GELU: "GELU", nn.ELU: "ELU", nn.SiLU: "SiLU"}
+
+    def words(mods) -> str:
+        return "-".join(f"LeakyReLU({m.negative_slope:g})" if isinstance(m, nn.LeakyReLU)
+                        else names[type(m)] for m in mods if not isinstance(m, nn.Identity))
+
+    small = build_model(cfg.model_copy(update={"width": 1 / 16, "arch": "vgg_a"}), 3, 10)
+    first = small.features[0]
+    layer = (f"res(conv-{words(first.body[1:])})+{words([first.act])}" if cfg.residual
+             else words(first))
+    per_hidden = len(small.classifier) // 2  # two hidden layers, then the output Linear
+    return f"{layer}; head {words(small.classifier[:per_hidden])} x2"
+
+
 def preset_rows() -> list[dict]:
-    """The study's rows (`vggbn presets`): flags and parameter counts with CIFAR-10 input."""
-    return [{"preset": name, "section": p["section"], "label": p["label"],
-             "flags": ", ".join(f"{k}={v}" for k, v in p["flags"].items()),
-             "params": count_params(build_model(TrialConfig.from_flat({"preset": name}), 3, 10))}
-            for name, p in PRESETS.items()]
+    """The study's rows (`vggbn presets`): structure, flags, the `seed` recipe's init and parameter
+    counts with CIFAR-10 input."""
+    rows = []
+    for name, p in PRESETS.items():
+        cfg = TrialConfig.from_flat({"preset": name, "recipe": "seed"})
+        rows.append({"preset": name, "section": p["section"], "label": p["label"],
+                     "structure": structure(cfg),
+                     "flags": ", ".join(f"{k}={v}" for k, v in p["flags"].items()),
+                     "seed_init": p["seed_init"],
+                     "params": count_params(build_model(cfg, 3, 10))})
+    return rows

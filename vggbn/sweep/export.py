@@ -70,7 +70,7 @@ def trial_config(exp: Experiment, trial_id: str, raw: dict,
             stored = state["config"]
     try:
         if stored is not None:
-            return TrialConfig.from_flat(stored).to_flat(), None
+            return TrialConfig.from_stored(stored).to_flat(), None
         # never started: what it will train when resumed
         return TrialConfig.from_flat(flat_config(raw)).to_flat(), None
     except ConfigError as e:

@@ -81,7 +81,7 @@ def _trial_config(exp: Experiment, trial_id: str, config: dict, state: dict | No
     if stored is None and state is not None and isinstance(state.get("config"), dict):
         stored = state["config"]
     if stored is not None:
-        return TrialConfig.from_flat(stored)
+        return TrialConfig.from_stored(stored)
     cfg = TrialConfig.from_flat(flat_config(config))
     exp.write_trial_config(trial_id, cfg)
     return cfg
