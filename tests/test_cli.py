@@ -13,9 +13,17 @@ def test_presets_prints_the_study_table():
     assert set(rows) == set(STUDY_PARAMS)
     for preset, params in STUDY_PARAMS.items():
         assert f"{params:,}" in rows[preset]
-    assert "Network structure" in r.stdout and "VGG_BatchNorm" in r.stdout
+    assert "VGG_BatchNorm" in r.stdout
+    # each row's structure, read off the built model, and the study's init the seed recipe uses
+    assert "conv-ReLU-BN; head Dropout-Linear-ReLU x2" in rows["vgg_a_dropout_bn"]
+    assert "bn_position=after_activation" in rows["vgg_a_dropout_bn"]
+    assert "conv-BN-ReLU; head Linear-ReLU x2" in rows["vgg_a_bn"]
+    assert "res(conv-BN-ReLU-conv-BN)+ReLU; head Dropout-Linear-ReLU x2" in rows["vgg_a_dropout_bn_res"]
+    assert "conv-LeakyReLU(0.1)" in rows["vgg_a_leaky_relu"] and "kaiming_fan_out" in rows["vgg_a_leaky_relu"]
+    assert "xavier_normal" in rows["vgg_a"] and " default " in rows["vgg_light"]
     js = json.loads(vggbn("presets", "--json").stdout)
     assert {p["preset"]: p["params"] for p in js} == STUDY_PARAMS
+    assert {p["preset"]: p["section"] for p in js}["vgg_a_bn_sgd"] == "Optimizer"
 
 
 def test_train_writes_config_metrics_and_provenance(tmp_path):

@@ -87,7 +87,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    cols = ["preset", "section", "label", "params", "flags"]
+    cols = ["preset", "label", "params", "structure", "seed_init", "flags"]
     table = [[r[c] if c != "params" else f"{r[c]:,}" for c in cols] for r in rows]
     widths = [max(len(str(x)) for x in [c, *[t[i] for t in table]]) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
@@ -95,7 +95,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
     for t in table:
         print("  ".join((str(x).rjust(w) if c == "params" else str(x).ljust(w))
                         for x, w, c in zip(t, widths, cols)))
-    print("\nparams with CIFAR-10 input (3x32x32, 10 classes). Recipes:")
+    print("\nparams with CIFAR-10 input (3x32x32, 10 classes). structure: one conv layer and one "
+          "classifier hidden layer.\nseed_init: the study's init of the row, used by the `seed` "
+          "recipe only (`strong` keeps its own; an explicit `init` wins). Recipes:")
     for name, r in RECIPES.items():
         print(f"  {name}{' (default)' if name == DEFAULT_RECIPE else ''}: {r['description']}")
     return 0
@@ -179,6 +181,22 @@ def cmd_landscape(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- AWS setup
+def cmd_cluster_init(args: argparse.Namespace) -> int:
+    from . import cluster
+
+    if args.delete:
+        lines = cluster.delete(region=args.region, name=args.name, config=args.config)
+    elif not (args.bucket and args.ssh_cidr):
+        raise UsageError("--bucket and --ssh-cidr are required (unless --delete).\nFix: e.g. --bucket my-results "
+                         "--ssh-cidr $(curl -s https://checkip.amazonaws.com)/32")
+    else:
+        lines = cluster.init(args.bucket, args.ssh_cidr, out=args.out, region=args.region, name=args.name,
+                             config=args.config, force=args.force)
+    print("\n".join(lines))
+    return 0
+
+
 # ---------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vggbn", description="Ablation and HPO studies of VGG / "
@@ -236,6 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--seed", type=int, default=0, help="seed of the directions and the subset")
     ls.add_argument("--address", help="a Ray cluster to spread the grid points over")
     ls.set_defaults(func=cmd_landscape)
+
+    ci = sub.add_parser("cluster-init", help="AWS: security group + instance profiles; writes a cluster config")
+    ci.add_argument("--bucket", help="the results bucket, the only one the nodes may use")
+    ci.add_argument("--ssh-cidr", help="where SSH may come from: your public IP/32")
+    ci.add_argument("--region", help="default: the config's provider.region")
+    ci.add_argument("--name", default="vggbn", help="prefix and tag of what it creates (default vggbn)")
+    ci.add_argument("--config", default="cluster.yaml", help="the template (default cluster.yaml)")
+    ci.add_argument("--out", default="cluster.local.yaml", help="the config to write (default cluster.local.yaml)")
+    ci.add_argument("--force", action="store_true", help="replace an existing --out")
+    ci.add_argument("--delete", action="store_true", help="remove what cluster-init created under --name")
+    ci.set_defaults(func=cmd_cluster_init)
     return p
 
 
@@ -245,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     def loaded_errors() -> tuple[type[Exception], ...]:
         # DataError and ResultsError, where their modules are loaded (else they cannot have been
         # raised): a bad flag or sweep file fails without the seconds of importing torch and pandas
-        where = {"vggbn.data": "DataError", "analysis.results": "ResultsError"}
+        where = {"vggbn.data": "DataError", "analysis.results": "ResultsError", "vggbn.cluster": "ClusterInitError"}
         return tuple(getattr(sys.modules[m], name) for m, name in where.items() if m in sys.modules)
 
     parser = build_parser()
