@@ -18,7 +18,7 @@ test: $(BIN)/vggbn
 	$(BIN)/python -m pytest -q
 
 # Runs $(SWEEP) (default: the laptop-scale ablation on CIFAR-10), resuming the spec's own experiment
-# wherever its storage is if it exists already, then writes <storage>/NAME/report/report.md.
+# wherever its storage is if it exists already, then writes the report (<storage>/NAME/report/ locally, reports/NAME/ for a bucket).
 # Another dataset: make sweep SWEEP_ARGS="--set base.dataset=fashion_mnist --set base.data_dir=DIR"
 sweep: $(BIN)/vggbn
 	$(BIN)/vggbn sweep $(SWEEP) $(SWEEP_ARGS) --resume --report

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vggbn import storage
 from vggbn.files import write_atomic
 
 from . import plots, stats, table
@@ -39,9 +40,19 @@ def optimization_figures(results, figs: Path) -> list[tuple[str, Path, str]]:
     return out
 
 
-def landscape_figures(path: str) -> list[str]:
-    """Draw a local experiment's probe and surface figures into <path>/report/figures."""
-    figs = Path(path) / "report" / "figures"
+def default_out(path: str) -> Path:
+    """Where an experiment's report goes unless --out says: <path>/report for a local one,
+    reports/<name>/ (in the current directory) for one in a bucket (read in place, never synced)."""
+    path = str(path)
+    if storage.is_remote(path):
+        return Path("reports") / storage.name(storage.normalize(path))
+    return Path(storage.normalize(path) if "://" in path else path) / "report"
+
+
+def landscape_figures(path: str, out: str | Path | None = None) -> list[str]:
+    """Draw an experiment's probe and surface figures into <out>/figures (default_out(path) unless
+    given); the experiment may be local or in a bucket."""
+    figs = Path(out or default_out(path)) / "figures"
     return [str(png) for _, png, _ in optimization_figures(load(path), figs)]
 
 
@@ -104,9 +115,10 @@ def _md_table(df) -> str:
 def write_report(paths: list[str], out: str | Path | None = None, *, baseline: str = "vgg_a",
                  target: float | None = None, reference: str | None = None) -> str:
     """Write report.md, the tables and the figures of one or more exported sweeps into `out`
-    (default <first path>/report). Returns a one-line summary."""
+    (default: default_out(first path): <path>/report, or reports/<name>/ for a bucket's). Returns
+    a one-line summary."""
     results = load(*paths)
-    out = Path(out) if out else Path(paths[0]) / "report"
+    out = Path(out) if out else default_out(paths[0])
     figs = out / "figures"
     ref = table.load_reference(reference) if reference else None
     tab, info = table.comparison_table(results.trials, results.epochs, baseline=baseline,
@@ -117,8 +129,17 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
     md = [f"# vggbn report: {names}", ""]
     missing = _missing_trials(results)
     incomplete = trials[trials["status"] != "completed"]
-    if results.partial or missing:
-        pending = trials["status"] == "incomplete"
+    budget_ids = set()  # trials the spec's budget ended before they started: not "partial"
+    for meta in results.specs:
+        b = meta.get("budget")
+        if b:
+            name = (meta.get("spec") or {}).get("name")
+            budget_ids |= {f"{name}/{t}" if len(results.paths) > 1 else t for t in b["not_started"]}
+            md += [f"> **Budget reached**: {b['spent']:.3g} of {b['limit']:g} "
+                   f"{b['unit'].replace('_', '-')} used ({name}), so {len(b['not_started'])} trials "
+                   f"not started (the spec's `budget`; the table uses the completed ones).", ""]
+    pending = (trials["status"] == "incomplete") & ~trials["trial_id"].isin(budget_ids)
+    if pending.any() or missing:
         started = pending & (trials["epochs_run"] > 0)
         md += [f"> **Partial sweep**: {int(started.sum())} trials unfinished and "
                f"{int((pending & ~started).sum()) + len(missing)} not started; the table uses the "

@@ -7,6 +7,7 @@ counted, never dropped silently.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
+from vggbn import storage
 from vggbn.config import PRESETS, TrialConfig
 from vggbn.schema import EPOCHS, PARQUET_META_KEY, PROBES, SCHEMA_VERSION, STATUSES, STEPS, SURFACES, TRIALS
 
@@ -46,58 +48,75 @@ REQUIRED = {TRIALS: ("trial_id", "sweep", "status"), EPOCHS: ("trial_id", "epoch
             STEPS: ("trial_id", "step"), PROBES: ("trial_id", "step"), SURFACES: ("trial_id", "kind")}
 
 
-def _read(path: Path, fix: str) -> tuple[pd.DataFrame, dict]:
+class _Dir:
+    """One sweep directory to read, a local path or an s3:// / gs:// URI, through its pyarrow
+    filesystem: the bucket is read in place, nothing is synced first."""
+
+    def __init__(self, given: str | Path):
+        self.given = str(given)
+        try:
+            self.uri = storage.normalize(self.given)
+            self.fs, self.root = storage.filesystem(self.uri)
+        except storage.StorageError as e:
+            raise ResultsError(str(e)) from None
+        self.remote = storage.is_remote(self.uri)
+        self.name = storage.name(self.uri) if self.remote else Path(self.given).name
+
+    def __str__(self) -> str:
+        return self.uri if self.remote else str(Path(self.given))
+
+    def show(self, name: str) -> str:
+        """What messages call a file of this directory: the URI (query at the end) or the path."""
+        return storage.join(self.uri, name) if self.remote else str(Path(self.given) / name)
+
+    def kind(self, name: str = ""):
+        return self.fs.get_file_info(f"{self.root}/{name}" if name else self.root).type
+
+    def is_file(self, name: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self.kind(name) == pafs.FileType.File
+
+    def read(self, name: str) -> bytes:
+        with self.fs.open_input_stream(f"{self.root}/{name}") as f:
+            return f.read()
+
+
+def _read(d: _Dir, name: str, fix: str) -> tuple[pd.DataFrame, dict]:
     """A parquet file of the export and its vggbn metadata; ResultsError when it is damaged."""
+    raw = d.read(name)  # an OSError here is the store's (unreachable, denied): load() says so
     try:
-        df = pd.read_parquet(path)
-        meta = json.loads((pq.read_schema(path).metadata or {}).get(PARQUET_META_KEY, b"{}"))
+        df = pd.read_parquet(io.BytesIO(raw))
+        meta = json.loads((pq.read_schema(io.BytesIO(raw)).metadata or {}).get(PARQUET_META_KEY, b"{}"))
     except Exception as e:  # noqa: BLE001  (pyarrow raises several kinds for a damaged file)
-        raise ResultsError(f"{path}: not a readable parquet file ({type(e).__name__}: "
+        raise ResultsError(f"{d.show(name)}: not a readable parquet file ({type(e).__name__}: "
                            f"{' '.join(str(e).split())[:200]}).\nFix: {fix}") from None
-    missing = [c for c in REQUIRED.get(path.name, ()) if c not in df.columns]
+    missing = [c for c in REQUIRED.get(name, ()) if c not in df.columns]
     if missing or not isinstance(meta, dict):
-        raise ResultsError(f"{path}: not a vggbn export (no column {', '.join(missing) or 'metadata'}).\n"
+        raise ResultsError(f"{d.show(name)}: not a vggbn export (no column {', '.join(missing) or 'metadata'}).\n"
                            f"Fix: {fix}")
     if meta.get("schema_version", 0) > SCHEMA_VERSION:
-        raise ResultsError(f"{path}: written by a newer vggbn (schema {meta['schema_version']}; this one "
+        raise ResultsError(f"{d.show(name)}: written by a newer vggbn (schema {meta['schema_version']}; this one "
                            f"reads up to {SCHEMA_VERSION}).\nFix: upgrade vggbn")
     return df, meta
 
 
 def load(*paths: str | Path) -> Results:
-    """One or more sweep directories (each with trials.parquet) -> Results with variants labelled."""
+    """One or more sweep directories (each with trials.parquet) -> Results with variants labelled.
+    A directory is a local path or an s3:// / gs:// URI (read in place, through pyarrow)."""
     trials, epochs, steps, probes, surfaces, specs = [], [], [], [], [], []
-    for p in paths:
-        p = Path(p)
-        fix = f"`vggbn export {p}` rewrites the export from Ray's files"
-        if not p.is_dir():
-            raise ResultsError(f"{p}: no such directory.\nFix: give the directory of a finished or "
-                               f"interrupted sweep, e.g. results/quick")
-        if not (p / TRIALS).is_file():
-            raise ResultsError(f"{p}: no {TRIALS} here.\nFix: give the directory of a finished or "
-                               f"interrupted sweep, e.g. results/quick, or run `vggbn export {p}` first")
-        t, meta = _read(p / TRIALS, fix)
-        e = _read(p / EPOCHS, fix)[0] if (p / EPOCHS).is_file() else pd.DataFrame(columns=["trial_id", "epoch"])
-        bad = sorted(set(t["status"].astype(str)) - set(STATUSES))
-        if bad:
-            raise ResultsError(f"{p / TRIALS}: unknown status {bad[0]!r}.\nFix: {fix}")
+    for given in paths:
+        d = _Dir(given)
+        try:
+            t, e, meta, found = _load_one(d, multi=len(paths) > 1)
+        except OSError as err:  # the store: unreachable, no credentials, access denied
+            raise ResultsError(storage.explain(str(d), err)) from None
         specs.append(meta)
-        # a config field added since this export was written: its default is what the trials had
-        t = t.assign(**{k: [TrialConfig.model_fields[k].default] * len(t) for k in CONFIG_KEYS
-                        if k not in t.columns and "preset" in t.columns})
-        if len(paths) > 1:  # trial ids are unique per sweep only
-            prefix = str(t["sweep"].iloc[0]) if len(t) else p.name
-            t = t.assign(trial_id=prefix + "/" + t["trial_id"])
-            e = e.assign(trial_id=prefix + "/" + e["trial_id"])
         trials.append(t)
         epochs.append(e)
         for name, into in ((STEPS, steps), (PROBES, probes), (SURFACES, surfaces)):
-            if (p / name).is_file():
-                s = _read(p / name, fix if name != SURFACES else
-                          f"delete {p / name} and run `vggbn landscape {p}` again")[0]
-                if len(paths) > 1:
-                    s = s.assign(trial_id=prefix + "/" + s["trial_id"])
-                into.append(s)
+            if name in found:
+                into.append(found[name])
     t = label_variants(pd.concat(trials, ignore_index=True))
 
     def known(frames: list) -> pd.DataFrame | None:  # rows of trials the trials table knows
@@ -109,6 +128,41 @@ def load(*paths: str | Path) -> Results:
     return Results(trials=t, epochs=known(epochs), steps=known(steps), probes=known(probes),
                    surfaces=known(surfaces),
                    specs=specs, paths=[str(p) for p in paths])
+
+
+def _load_one(d: _Dir, multi: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict[str, pd.DataFrame]]:
+    import pyarrow.fs as pafs
+
+    fix = f"`vggbn export {d}` rewrites the export from Ray's files"
+    example = "e.g. results/quick" + (", s3://BUCKET/PREFIX/NAME" if d.remote else "")
+    kind = d.kind()
+    if kind != pafs.FileType.Directory:  # on object storage: no object under that prefix
+        what, fix_where = ((storage.missing(d.fs, d.uri, d.root) if d.remote and kind == pafs.FileType.NotFound
+                           else ("no such directory", None)))
+        raise ResultsError(f"{d}: {what}.\nFix: " + (fix_where or "give the directory of a finished or "
+                                                     f"interrupted sweep, {example}"))
+    if not d.is_file(TRIALS):
+        raise ResultsError(f"{d}: no {TRIALS} here.\nFix: give the directory of a finished or interrupted "
+                           f"sweep, {example}, or run `vggbn export {d}` first")
+    t, meta = _read(d, TRIALS, fix)
+    e = _read(d, EPOCHS, fix)[0] if d.is_file(EPOCHS) else pd.DataFrame(columns=["trial_id", "epoch"])
+    bad = sorted(set(t["status"].astype(str)) - set(STATUSES))
+    if bad:
+        raise ResultsError(f"{d.show(TRIALS)}: unknown status {bad[0]!r}.\nFix: {fix}")
+    # a config field added since this export was written: its default is what the trials had
+    t = t.assign(**{k: [TrialConfig.model_fields[k].default] * len(t) for k in CONFIG_KEYS
+                    if k not in t.columns and "preset" in t.columns})
+    prefix = (str(t["sweep"].iloc[0]) if len(t) else d.name) + "/"
+    if multi:  # trial ids are unique per sweep only
+        t = t.assign(trial_id=prefix + t["trial_id"])
+        e = e.assign(trial_id=prefix + e["trial_id"])
+    found = {}
+    for name in (STEPS, PROBES, SURFACES):
+        if d.is_file(name):
+            s = _read(d, name, fix if name != SURFACES else
+                      f"delete {d.show(name)} and run `vggbn landscape {d}` again")[0]
+            found[name] = s.assign(trial_id=prefix + s["trial_id"]) if multi else s
+    return t, e, meta, found
 
 
 def swept_keys(trials: pd.DataFrame) -> list[str]:

@@ -122,10 +122,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         summary = run_sweep(spec, address=args.address)
     print(summary_text(summary))
-    if args.report and "://" in summary["path"]:
-        print(f"report: not written for {summary['path']} (it reads a local copy: see the README)",
-              file=sys.stderr)
-    elif args.report:
+    if args.report:  # a bucket's experiment is read in place; its report goes to reports/<name>/
         from analysis.report import write_report
 
         print(write_report([summary["path"]]))
@@ -163,19 +160,19 @@ def cmd_landscape(args: argparse.Namespace) -> int:
         raise UsageError(f"--resolution {args.resolution} / --samples {args.samples}: need a resolution of "
                          f"at least 2 points per axis and at least 1 sample.\nFix: e.g. --resolution 21 "
                          f"--samples 2048")
-    if "://" not in args.path:  # the export the figures read: a damaged one fails before any compute
-        from analysis.results import load
+    from analysis.report import landscape_figures
+    from analysis.results import load
 
-        load(args.path)
+    from .storage import join
+
+    load(args.path)  # the export the figures read (local or in the bucket): a damaged one fails first
     summary = landscape(args.path, trial_ids=args.trials, resolution=args.resolution,
                         samples=args.samples, seed=args.seed, address=args.address)
-    pngs = []
-    if "://" not in summary["path"]:  # the figures of a local experiment, as `vggbn report` draws them
-        from analysis.report import landscape_figures
-
-        pngs = landscape_figures(summary["path"])
+    # surfaces.parquet goes beside the experiment (in the bucket, for a remote one); the figures,
+    # as `vggbn report` draws them, into --out (default <path>/report, or reports/<name>/)
+    pngs = landscape_figures(summary["path"], args.out)
     print(f"surfaces of {summary['trials']} trials ({summary['points']} points) -> "
-          f"{summary['path']}/surfaces.parquet" + (f"; figures: {', '.join(pngs)}" if pngs else "")
+          f"{join(summary['path'], 'surfaces.parquet')}" + (f"; figures: {', '.join(pngs)}" if pngs else "")
           + (f"; skipped (no checkpoint or diverged): {', '.join(summary['skipped'])}"
              if summary["skipped"] else ""))
     return 0
@@ -225,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--resume", action="store_true",
                     help="if this spec's experiment exists already (wherever its storage is), resume it")
     sw.add_argument("--report", action="store_true",
-                    help="then write the report (local storage) as `vggbn report` does")
+                    help="then write the report as `vggbn report` does (a bucket's: into reports/<name>/)")
     sw.set_defaults(func=cmd_sweep)
 
     rs = sub.add_parser("resume", help="continue an interrupted sweep, then export")
@@ -243,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--target", type=float, help="accuracy (fraction) for epochs/seconds-to-target "
                     "(default: the baseline's mean final accuracy)")
     rp.add_argument("--reference", help="CSV preset,reference_test_acc (default: the study's)")
-    rp.add_argument("--out", help="output directory (default: <first path>/report)")
+    rp.add_argument("--out", help="output directory (default: <first path>/report; for s3:// or gs://, "
+                    "reports/<name>/ here)")
     rp.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("landscape", help="Li et al. loss surfaces around trials' final checkpoints")
@@ -253,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--samples", type=int, default=2048, help="training images evaluated per point")
     ls.add_argument("--seed", type=int, default=0, help="seed of the directions and the subset")
     ls.add_argument("--address", help="a Ray cluster to spread the grid points over")
+    ls.add_argument("--out", help="where the figures go, in <out>/figures (default: <path>/report; for "
+                    "s3:// or gs://, reports/<name>/ here); surfaces.parquet goes beside the experiment")
     ls.set_defaults(func=cmd_landscape)
 
     ci = sub.add_parser("cluster-init", help="AWS: security group + instance profiles; writes a cluster config")
@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     def loaded_errors() -> tuple[type[Exception], ...]:
         # DataError and ResultsError, where their modules are loaded (else they cannot have been
         # raised): a bad flag or sweep file fails without the seconds of importing torch and pandas
-        where = {"vggbn.data": "DataError", "analysis.results": "ResultsError", "vggbn.cluster": "ClusterInitError"}
+        where = {"vggbn.data": "DataError", "analysis.results": "ResultsError", "vggbn.cluster": "ClusterInitError",
+                 "vggbn.storage": "StorageError"}
         return tuple(getattr(sys.modules[m], name) for m, name in where.items() if m in sys.modules)
 
     parser = build_parser()

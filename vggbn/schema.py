@@ -22,6 +22,7 @@ TRIAL_DIR = "trial_{trial_id}"           # Ray's trial directories (trial_dirnam
 TRIAL_CONFIG_FILE = "vggbn-config.json"  # the trial's resolved TrialConfig, written once at its start
 TRIAL_ERROR_FILE = "vggbn-error.json"    # a deterministic failure (out of memory, invalid config)
 RESTORE_NOTE_PREFIX = "restore-"         # restore-<ns>.json: a damaged checkpoint was skipped
+BUDGET_FILE = "vggbn-budget.json"        # the spec's budget was reached: spent, trials not started
 
 # checkpoint_NNNNNN/ inside a trial directory
 CKPT_STATE = "state.pt"      # torch state (weights_only=True loadable), sha256 in meta.json

@@ -2,8 +2,11 @@
 the stored spec and each trial's resolved config. No Ray import here.
 
 Storage is a local directory, `file://`, `s3://` or `gs://` (pyarrow's filesystems, which Ray uses
-too). Every file vggbn writes appears whole or not at all: locally a temporary file renamed into
-place; on object storage one put (an object is visible only once its upload completed).
+too; vggbn/storage.py). An object-storage URI may carry pyarrow's options as a query
+(`s3://b/p?endpoint_override=HOST:PORT&scheme=http`): the experiment is `<storage>/<name>` with the
+query kept at the end, and Ray gets the filesystem built from it plus the plain path. Every file
+vggbn writes appears whole or not at all: locally a temporary file renamed into place; on object
+storage one put (an object is visible only once its upload completed).
 
 One experiment directory = one sweep. `claim` creates `vggbn-claim.json` only if it does not
 exist: locally with an exclusive create (O_EXCL), on S3 with a conditional put (If-None-Match: *),
@@ -20,12 +23,13 @@ import socket
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
+from .. import storage
 from ..config import TrialConfig
 from ..files import write_atomic
 from ..schema import CLAIM_FILE, SCHEMA_VERSION, SPEC_FILE, TRIAL_CONFIG_FILE, TRIAL_DIR, TRIAL_ERROR_FILE
-from .spec import SweepSpec, SweepSpecError, storage_problem, stored_spec
+from .spec import SweepSpec, SweepSpecError, stored_spec
+
 
 class ExperimentError(SweepSpecError):
     """An experiment directory that cannot be used as asked: says what, where and the fix."""
@@ -33,34 +37,41 @@ class ExperimentError(SweepSpecError):
 
 def normalize(path: str) -> str:
     """A local path -> absolute path; file:// -> its local path; s3:// and gs:// stay URIs."""
-    path = str(path)
-    if "://" not in path:
-        return str(Path(path).expanduser().absolute())
-    problem = storage_problem(path)
-    if problem:
-        raise ExperimentError(f"{path}: {problem}.\nFix: give the sweep's directory as a local path or a "
-                              f"URI of one of these kinds")
-    if path.split("://", 1)[0].lower() == "file":
-        return str(Path(urlparse(path).path).absolute())
-    return path.rstrip("/")
+    try:
+        return storage.normalize(path)
+    except storage.StorageError as e:
+        raise ExperimentError(str(e)) from None
 
 
 class Experiment:
     def __init__(self, path: str):
-        import pyarrow.fs as pafs
-
         self.uri = normalize(path)
-        self.local = "://" not in self.uri
+        self.local = not storage.is_remote(self.uri)
         try:
-            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
-        except (OSError, ValueError) as e:
-            raise ExperimentError(f"{path}: cannot open this storage ({' '.join(str(e).split())[:300]}).\n"
-                                  f"Fix: check the URI and the credentials for it") from None
-        self.root = self.root.rstrip("/")
-        self.storage, self.name = self.uri.rsplit("/", 1)
+            self.fs, self.root = storage.filesystem(self.uri)
+        except storage.StorageError as e:
+            raise ExperimentError(str(e)) from None
+        self.storage, self.name = storage.parent_and_name(self.uri)
 
     def __repr__(self) -> str:
         return f"Experiment({self.uri!r})"
+
+    def join(self, *parts: str) -> str:
+        """A URI (or local path) inside the experiment, for messages: the query stays at the end."""
+        return storage.join(self.uri, *parts)
+
+    def ray_path(self):
+        """(path, filesystem) for Ray's Tuner.restore / ExperimentAnalysis: on object storage the
+        plain path and the filesystem built from the URI (its query's endpoint travels with it)."""
+        return (self.root, self.fs) if not self.local else (self.uri, None)
+
+    def ray_storage(self):
+        """(storage_path, storage_filesystem) for Ray's RunConfig; the run's name is self.name."""
+        return (self.root.rpartition("/")[0], self.fs) if not self.local else (self.storage, None)
+
+    def error(self, e: BaseException, doing: str = "cannot be read") -> ExperimentError:
+        """An OSError from the store (unreachable, no bucket, denied) as a message for people."""
+        return ExperimentError(storage.explain(self.uri, e, doing))
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -135,7 +146,7 @@ class Experiment:
                 raise self._taken() from None
             with os.fdopen(fd, "wb") as f:
                 f.write(body)
-        elif self.uri.startswith("s3://"):
+        elif storage.scheme(self.uri) == "s3":
             self._claim_s3(body)
         else:  # gs://: no conditional create through pyarrow; check, then write
             if self.exists(CLAIM_FILE):
@@ -146,19 +157,19 @@ class Experiment:
             raise self._taken()
 
     def _claim_s3(self, body: bytes) -> None:
-        import boto3
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
-        u = urlparse(self.uri)
-        key = f"{u.path.strip('/')}/{CLAIM_FILE}".lstrip("/")
-        try:
-            boto3.client("s3").put_object(Bucket=u.netloc, Key=key, Body=body, IfNoneMatch="*")
+        bucket, key = storage.bucket_and_key(self.uri)
+        try:  # boto3 with the URI's endpoint, region and credentials: pyarrow has no conditional put
+            storage.s3_client(self.uri).put_object(Bucket=bucket, Key=f"{key}/{CLAIM_FILE}".lstrip("/"),
+                                                   Body=body, IfNoneMatch="*")
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412",
                                                            "ConditionalRequestConflict"):
                 raise self._taken() from None
-            raise ExperimentError(f"{self.uri}: cannot write the claim ({e}).\nFix: check the bucket "
-                                  f"and the credentials") from None
+            raise self.error(e, "cannot write the claim") from None
+        except BotoCoreError as e:  # no credentials, endpoint unreachable
+            raise self.error(e, "cannot write the claim") from None
 
     def _taken(self) -> ExperimentError:
         who = ""
@@ -186,21 +197,25 @@ class Experiment:
     def spec(self) -> SweepSpec:
         """The stored spec, read as data, with storage and name where the directory is now (it may
         have been moved or downloaded)."""
+        import pyarrow.fs as pafs
+
         try:
             raw = self.read_bytes(SPEC_FILE)
-        except OSError as e:
-            raise ExperimentError(f"{self.uri}: cannot be read ({' '.join(str(e).split())[:300]}).\n"
-                                  f"Fix: check the path and the credentials for it") from None
+            kind = self.fs.get_file_info(self.root).type if raw is None else None
+        except OSError as e:  # unreachable, no credentials, access denied
+            raise self.error(e) from None
         if raw is None:
-            import pyarrow.fs as pafs
-
-            kind = self.fs.get_file_info(self.root).type
-            what = ("no such directory" if kind == pafs.FileType.NotFound else
-                    "a file, not a directory" if kind == pafs.FileType.File else
-                    f"no {SPEC_FILE} here, so it is not a vggbn sweep directory")
-            raise ExperimentError(f"{self.uri}: {what}.\nFix: give a sweep's directory, <storage>/<name>/ as "
-                                  f"`vggbn sweep` writes it (e.g. results/quick)")
-        where = f"{self.uri}/{SPEC_FILE}"
+            fix = None
+            if kind == pafs.FileType.NotFound and not self.local:
+                what, fix = storage.missing(self.fs, self.uri, self.root)
+            else:
+                what = ("a file, not a directory" if kind == pafs.FileType.File else "no such directory"
+                        if kind == pafs.FileType.NotFound else
+                        f"no {SPEC_FILE} here, so it is not a vggbn sweep directory")
+            raise ExperimentError(f"{self.uri}: {what}.\nFix: " + (fix or (
+                "give a sweep's directory, <storage>/<name>/ as `vggbn sweep` writes it (e.g. results/quick"
+                + ("" if self.local else ", s3://BUCKET/PREFIX/NAME") + ")")))
+        where = self.join(SPEC_FILE)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -15,7 +15,7 @@ import logging
 import warnings
 
 from ..config import ConfigError, TrialConfig
-from ..schema import (EPOCH_EXTRA, EPOCH_METRICS, EPOCHS, PARQUET_META_KEY, PROBES, SCHEMA_VERSION, STEPS,
+from ..schema import (BUDGET_FILE, EPOCH_EXTRA, EPOCH_METRICS, EPOCHS, PARQUET_META_KEY, PROBES, SCHEMA_VERSION, STEPS,
                       TRIAL_DIR, TRIALS)
 from . import checkpoint
 from .experiment import Experiment, ExperimentError
@@ -43,7 +43,8 @@ def _analysis(exp: Experiment):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return ExperimentAnalysis(exp.uri)
+            path, fs = exp.ray_path()  # object storage: the URI's filesystem (its query's endpoint)
+            return ExperimentAnalysis(path, storage_filesystem=fs)
     except Exception as e:  # noqa: BLE001  (Ray raises many kinds for a damaged state)
         raise ExperimentError(f"{exp.uri}: Ray's experiment state cannot be read ({type(e).__name__}: "
                               f"{' '.join(str(e).split())[:300]}).\nFix: restore the directory as the "
@@ -86,6 +87,8 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
 
     exp = Experiment(path)
     spec = exp.spec()
+    budget = json.loads(exp.read_bytes(BUDGET_FILE) or b"null")  # the spec's budget was reached
+    not_started = set((budget or {}).get("not_started", []))
     ea = _analysis(exp)
     driver = provenance()
     rows, epoch_frames, step_rows, probe_rows, pruned = [], [], [], [], 0
@@ -113,6 +116,8 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
         deterministic = exp.trial_error(tid)  # out of memory or invalid config: run once
         error = deterministic or config_error
         status = _status(trial.status, last, cfg.get("epochs", 0) if not config_error else 0, error)
+        if tid in not_started and not len(df):  # ended by the budget before it started
+            status = "incomplete"
         if status == "errored" and not error:
             error = _ray_error(exp, tid)
         sel = "val_acc" if "val_acc" in df and df["val_acc"].notna().any() else "test_acc"
@@ -140,7 +145,7 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
 
     trials = pd.DataFrame(rows)
     file_meta = json.dumps({"schema_version": SCHEMA_VERSION, "spec": spec.model_dump(mode="json"),
-                            "driver": driver}).encode()
+                            "driver": driver, "budget": budget}).encode()
 
     def write(df: pd.DataFrame, name: str) -> None:
         table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
@@ -162,7 +167,8 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
     errors = {r["trial_id"]: r["error"] for r in rows if r["error"]}
     return {"path": exp.uri, "trials": len(trials), "status": counts, "wall_time_s": wall_time_s,
             "steps": len(step_rows), "probes": len(probe_rows), "restore_notes": notes,
-            "errors": errors, "failures": int(sum(r["failures"] for r in rows)), "pruned": pruned}
+            "errors": errors, "failures": int(sum(r["failures"] for r in rows)), "pruned": pruned,
+            "budget": budget}
 
 
 def _ray_error(exp: Experiment, trial_id: str) -> str | None:
@@ -182,5 +188,7 @@ def summary_text(summary: dict) -> str:
     return (f"{summary['trials']} trials ({counts}){wall}; exported trials.parquet, epochs.parquet"
             + (", steps.parquet" if summary["steps"] else "")
             + (", probes.parquet" if summary.get("probes") else "") + f" to {summary['path']}"
+            + (f"\n  budget reached: {b['spent']:.3g} of {b['limit']:g} {b['unit'].replace('_', '-')}, "
+               f"{len(b['not_started'])} trials not started" if (b := summary.get("budget")) else "")
             + "".join(f"\n  errored {t}: {e}" for t, e in sorted(summary.get("errors", {}).items()))
             + "".join(f"\n  restored {t}: {n}" for t, n in sorted(summary.get("restore_notes", {}).items())))

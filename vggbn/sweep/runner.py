@@ -51,7 +51,9 @@ def _init_ray(address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     kw: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING",
                           "log_to_driver": False}
-    ray.init(address=address, **kw) if address else ray.init(**kw)
+    # no address: a new local Ray, as documented. ray.init() alone would join whatever `ray start`
+    # left running on this machine (its /tmp/ray/ray_current_cluster), another user's cluster too
+    ray.init(address=address or "local", **kw)
     return not address
 
 
@@ -140,6 +142,7 @@ def build_tuner(spec: SweepSpec, exp: Experiment | None = None):
         from ray.tune.search import BasicVariantGenerator
 
         search_alg = BasicVariantGenerator(random_state=spec.seed)
+    storage_path, storage_fs = exp.ray_storage()  # object storage: the URI's filesystem + plain path
     return tune.Tuner(
         _trainable(spec, exp),
         param_space=spec.param_space(),
@@ -149,7 +152,7 @@ def build_tuner(spec: SweepSpec, exp: Experiment | None = None):
                                     trial_dirname_creator=_trial_dirname,
                                     reuse_actors=True),  # no process start + torch import per trial
         run_config=tune.RunConfig(
-            name=exp.name, storage_path=exp.storage,
+            name=exp.name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
             callbacks=callbacks, progress_reporter=_reporter(spec), verbose=1),
@@ -192,13 +195,14 @@ def resume_sweep(path: str, *, address: str | None = None) -> dict:
     if not exp.has_ray_state():
         raise ExperimentError(f"{exp.uri}: the sweep was claimed but no trial ever started (no "
                               f"experiment_state-*.json).\nFix: if that start is dead, delete "
-                              f"{exp.uri}/vggbn-claim.json and run `vggbn sweep` again")
+                              f"{exp.join('vggbn-claim.json')} and run `vggbn sweep` again")
     check_ray()
     _init_ray(address)
     t0 = time.time()
     try:
-        tuner = tune.Tuner.restore(exp.uri, trainable=_trainable(spec, exp), resume_unfinished=True,
-                                   resume_errored=True)
+        path, fs = exp.ray_path()
+        tuner = tune.Tuner.restore(path, trainable=_trainable(spec, exp), resume_unfinished=True,
+                                   resume_errored=True, storage_filesystem=fs)
     except (ValueError, RuntimeError, OSError, ModuleNotFoundError, AttributeError) as e:
         raise ExperimentError(f"{exp.uri}: Ray cannot restore this experiment "
                               f"({type(e).__name__}: {' '.join(str(e).split())[:300]}).\nFix: finish it "

@@ -28,13 +28,56 @@ def _snapshot_errored(tune_controller, trial) -> None:
     tune_controller._mark_trial_to_checkpoint(trial)
 
 
-class FIFO(FIFOScheduler):
+class BudgetMixin:
+    """No new trial starts once the trials' resource-hours reach the spec's budget.
+
+    Stateless over a resume: the hours are summed afresh from every trial's last result
+    (`time_total_s`, which Ray carries across restores) each time a trial could start. Trials that
+    already ran continue (their hours are spent); trials that never started are ended through the
+    scheduler API's `stop_trial` and named in vggbn-budget.json, which the export reads.
+    """
+
+    budget: dict | None = None  # {"limit", "unit", "per_trial", "experiment"}; None in old pickles
+
+    def choose_trial_to_run(self, tune_controller):
+        b = getattr(self, "budget", None)
+        if b is not None:
+            trials = tune_controller.get_trials()
+            spent = sum((t.last_result or {}).get("time_total_s", 0.0) or 0.0 for t in trials) \
+                * b["per_trial"] / 3600
+            if spent >= b["limit"]:
+                fresh = [t for t in trials  # Ray's fresh last_result holds just the trial_id
+                         if t.status == "PENDING" and "time_total_s" not in (t.last_result or {})]
+                for t in fresh:
+                    t.init_local_path()  # Ray's progress table reads every trial's directory
+                    tune_controller.stop_trial(t)
+                if fresh:
+                    _write_budget_note(b, spent, [t.trial_id for t in fresh])
+        return super().choose_trial_to_run(tune_controller)
+
+
+def _write_budget_note(b: dict, spent: float, not_started: list[str]) -> None:
+    import datetime
+    import json
+
+    from ..schema import BUDGET_FILE
+    from .experiment import Experiment
+
+    exp = Experiment(b["experiment"])
+    old = json.loads(exp.read_bytes(BUDGET_FILE) or b"{}")
+    note = {"limit": b["limit"], "unit": b["unit"], "spent": round(spent, 4),
+            "not_started": sorted(set(old.get("not_started", [])) | set(not_started)),
+            "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    exp.write_bytes(BUDGET_FILE, json.dumps(note, indent=1).encode())
+
+
+class FIFO(BudgetMixin, FIFOScheduler):
     def on_trial_error(self, tune_controller, trial) -> None:
         super().on_trial_error(tune_controller, trial)
         _snapshot_errored(tune_controller, trial)
 
 
-class PersistentASHA(ASHAScheduler):
+class PersistentASHA(BudgetMixin, ASHAScheduler):
     """ASHA (one bracket) that keeps its decisions: a trial it stopped stays stopped if it is
     re-run after a crash."""
 
@@ -107,8 +150,16 @@ def _load_legacy(asha: ASHAScheduler, state: dict) -> None:
 def build(spec):
     """(scheduler, callbacks) for a SweepSpec."""
     if spec.scheduler.type != "asha":
-        return FIFO(), []
-    asha = PersistentASHA(time_attr="epoch", max_t=spec.scheduler.max_t or max(spec.trial_epochs()),
-                          grace_period=spec.scheduler.grace_period,
-                          reduction_factor=spec.scheduler.reduction_factor)
-    return asha, [SchedulerState(asha)]
+        sched, callbacks = FIFO(), []
+    else:
+        sched = PersistentASHA(time_attr="epoch", max_t=spec.scheduler.max_t or max(spec.trial_epochs()),
+                               grace_period=spec.scheduler.grace_period,
+                               reduction_factor=spec.scheduler.reduction_factor)
+        callbacks = [SchedulerState(sched)]
+    for unit, per_trial in (("gpu_hours", spec.resources.gpu), ("cpu_hours", spec.resources.cpu)):
+        limit = getattr(spec.budget, unit)
+        if limit is not None:
+            sched.budget = {"limit": limit, "unit": unit, "per_trial": per_trial,
+                            "experiment": spec.experiment_path()}
+            break
+    return sched, callbacks

@@ -37,6 +37,24 @@ class Scheduler(BaseModel):
     max_t: int | None = Field(None, ge=1, description="ASHA's last rung in epochs (default: epochs)")
 
 
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gpu_hours: float | None = Field(None, gt=0, description="no new trial starts once the trials' "
+                                    "GPU-hours (trial time x GPUs per trial) reach this")
+    cpu_hours: float | None = Field(None, gt=0, description="no new trial starts once the trials' "
+                                    "CPU-hours (trial time x CPUs per trial) reach this")
+
+
+class Cost(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epoch_seconds: float | None = Field(None, gt=0, description="stated time of one epoch of one "
+                                        "trial on its resources, for the dry run's estimate (a "
+                                        "run of this experiment, when there is one, is measured)")
+    usd_per_gpu_hour: float | None = Field(None, ge=0, description="price of a GPU-hour (default: "
+                                           "the on-demand price of cluster.yaml's GPU workers, "
+                                           "where vggbn knows the instance type)")
+
+
 class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cpu: float = Field(1.0, gt=0, description="CPUs per trial (also its torch threads)")
@@ -77,6 +95,8 @@ class SweepSpec(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     storage: str = Field("results", description="local directory or s3:// / gs:// URI")
     max_failures: int = Field(2, ge=0, description="retries of a failed trial (from its checkpoint)")
+    budget: Budget = Field(default_factory=Budget)
+    cost: Cost = Field(default_factory=Cost)
     checkpoint_every: int = Field(1, ge=1, description="epochs between trial checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="most recent checkpoints kept per trial")
 
@@ -99,6 +119,11 @@ class SweepSpec(BaseModel):
         if self.trial_count() > MAX_TRIALS:
             raise ValueError(f"space: {self.trial_count():,} trials (grid x cases x num_samples) is more "
                              f"than {MAX_TRIALS:,}; shrink the grid or num_samples")
+        if self.budget.gpu_hours is not None and self.budget.cpu_hours is not None:
+            raise ValueError("budget: set gpu_hours or cpu_hours, not both")
+        if self.budget.gpu_hours is not None and self.resources.gpu == 0:
+            raise ValueError("budget.gpu_hours: the trials use no GPU (resources.gpu is 0), so it "
+                             "would never be reached; set budget.cpu_hours, or resources.gpu")
         try:
             base = TrialConfig.from_flat(self.base)
         except ConfigError as e:
@@ -200,8 +225,10 @@ class SweepSpec(BaseModel):
     def storage_uri(self) -> str:
         return self.storage if "://" in self.storage else str(Path(self.storage).absolute())
 
-    def experiment_path(self) -> str:
-        return f"{self.storage_uri().rstrip('/')}/{self.name}"
+    def experiment_path(self) -> str:  # <storage>/<name>, a URI's query (?endpoint_override=) kept at the end
+        from ..storage import join
+
+        return join(self.storage_uri(), self.name)
 
     def param_space(self) -> dict[str, Any]:
         space = {**self.base, **{k: d.to_tune() for k, d in self.space.items()}}
@@ -217,17 +244,9 @@ CASE_KEY = "_case"
 
 def storage_problem(uri: str) -> str | None:
     """What is wrong with a storage location (a local path, file://, s3://, gs://), or None."""
-    if "://" not in uri:
-        return None
-    scheme, rest = uri.split("://", 1)
-    if scheme.lower() not in STORAGE_SCHEMES:
-        return (f"scheme {scheme}:// is not supported; use a local directory, file:///PATH, "
-                f"s3://BUCKET/PATH or gs://BUCKET/PATH")
-    if scheme.lower() == "file" and not rest.strip("/"):
-        return f"no path in the URI; write {scheme}:///PATH"
-    if scheme.lower() != "file" and not rest.split("/", 1)[0]:
-        return f"no bucket in the URI; write {scheme}://BUCKET/PATH"
-    return None
+    from ..storage import problem
+
+    return problem(uri)
 
 
 def flat_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,10 @@ def ray_map(fn, args: tuple, parts: list) -> list:
 def _read_parquet(exp: Experiment, name: str):
     import pandas as pd
 
-    raw = exp.read_bytes(name)
+    try:
+        raw = exp.read_bytes(name)
+    except OSError as e:  # unreachable, denied
+        raise exp.error(e) from None
     if raw is None:
         return None
     fix = (f"Fix: `vggbn export {exp.uri}` rewrites the export"
@@ -37,11 +40,11 @@ def _read_parquet(exp: Experiment, name: str):
     try:
         df = pd.read_parquet(io.BytesIO(raw))
     except Exception as e:  # noqa: BLE001  (pyarrow raises several kinds for a damaged file)
-        raise ExperimentError(f"{exp.uri}/{name}: not a readable parquet file ({type(e).__name__}).\n"
+        raise ExperimentError(f"{exp.join(name)}: not a readable parquet file ({type(e).__name__}).\n"
                               f"{fix}") from None
     missing = [c for c in ("trial_id", "kind" if name == SURFACES else "status") if c not in df.columns]
     if missing:
-        raise ExperimentError(f"{exp.uri}/{name}: not a vggbn export (no column {', '.join(missing)}).\n{fix}")
+        raise ExperimentError(f"{exp.join(name)}: not a vggbn export (no column {', '.join(missing)}).\n{fix}")
     return df
 
 

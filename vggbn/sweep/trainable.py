@@ -7,8 +7,9 @@ that stored config (or, for an experiment written before configs were stored, th
 checkpoint), never today's defaults applied to Ray's raw dict.
 
 Deterministic failures are not retried: Ray 2.60 retries every exception up to max_failures, so
-an out-of-memory or an invalid config ends its trial without raising, with its one-line reason in
-`trial_<id>/vggbn-error.json`; Ray never re-runs it and the export marks it `errored`.
+an out-of-memory, an invalid config or a GPU trial that sees no CUDA ends its trial without
+raising, with its one-line reason in `trial_<id>/vggbn-error.json`; Ray never re-runs it and the
+export marks it `errored`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,35 @@ def _oom_message(cfg: TrialConfig, device, e: BaseException, resources: dict) ->
             f"eval_batch_size={cfg.eval_batch_size}, arch={cfg.arch}, width={cfg.width:g}, "
             f"precision={cfg.precision}): {what[:300]}. Fix: lower batch_size, eval_batch_size or "
             f"width{bf16}, or {more}. Only this trial stopped.")
+
+
+def _no_cuda_message(resources: dict) -> str:
+    """Ray reserved a GPU for this trial, but torch sees no CUDA: say so instead of training on the CPU."""
+    import os
+
+    import ray
+    import torch
+
+    ids = ",".join(map(str, ray.get_gpu_ids())) or "none"
+    why = ("torch is a CPU-only build" if torch.version.cuda is None
+           else f"torch finds no usable CUDA device (no NVIDIA driver, or CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r} names none)")
+    return (f"no CUDA on node {ray.util.get_node_ip_address()}: Ray gave this trial "
+            f"resources.gpu={resources.get('GPU', 0):g} (GPU ids {ids}), but {why} "
+            f"(torch {torch.__version__}), so it would train on the CPU. Fix: install the NVIDIA driver "
+            f"and a CUDA build of torch on the GPU nodes, or set resources.gpu=0 to run on CPUs. "
+            f"Only this trial stopped.")
+
+
+def _cap_gpu_memory(share: float, device) -> None:
+    """Packed trials (0 < resources.gpu < 1) keep to their share of the GPU's memory: past
+    share x total, the caching allocator raises OutOfMemoryError in this process alone.
+    benchmarks/gpu_check.py caps its packed processes with this same call."""
+    import torch
+
+    if device.type == "cuda" and 0 < share < 1:  # torch wants an index: "cuda" alone is refused
+        index = torch.cuda.current_device() if device.index is None else device.index
+        torch.cuda.set_per_process_memory_fraction(float(share), index)
 
 
 def _cap_host_memory(nbytes: int) -> None:
@@ -100,19 +130,21 @@ def vggbn_trial(config: dict[str, Any], experiment: str, checkpoint_every: int =
     exp, trial_id = Experiment(experiment), ctx.get_trial_id()
     ckpt = tune.get_checkpoint()
     resume_state = checkpoint.resume_state(ckpt) if ckpt is not None else None
+    resources = ctx.get_trial_resources().required_resources
+    gpu = resources.get("GPU", 0)
     try:
         cfg = _trial_config(exp, trial_id, config, resume_state)
+        if gpu > 0 and not torch.cuda.is_available():  # deterministic: no retry finds CUDA here
+            exp.write_trial_error(trial_id, f"TrialNoCUDA: {_no_cuda_message(resources)}")
+            return
         device = resolve_device(cfg.device)
     except ConfigError as e:  # deterministic: this trial alone, once
         exp.write_trial_error(trial_id, f"ConfigError: {e}")
         return
     stored = cfg.to_flat()
-    resources = ctx.get_trial_resources().required_resources
     if cfg.cpu_threads == 0:  # an execution knob: the CPUs Ray gave this run
         cfg = cfg.model_copy(update={"cpu_threads": max(1, int(resources.get("CPU", 1)))})
-    gpu = resources.get("GPU", 0)
-    if device.type == "cuda" and 0 < gpu < 1:  # packed trials: each keeps to its share
-        torch.cuda.set_per_process_memory_fraction(gpu, device)
+    _cap_gpu_memory(gpu, device)  # packed trials: each keeps to its share
     _cap_host_memory(int(resources.get("memory", 0)) if device.type == "cpu" else 0)
     meta = {"provenance": provenance(device), "config": stored}
     node_id = ray.get_runtime_context().get_node_id()
