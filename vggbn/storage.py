@@ -133,7 +133,7 @@ def s3_client(uri: str):
     if q.get("region"):
         kw["region_name"] = q["region"][0]
     if u.username and u.password:
-        kw.update(aws_access_key_id=u.username, aws_secret_access_key=u.password)
+        kw.update({"aws_access_key_id": u.username, "aws_secret_access_key": u.password})
     return boto3.client("s3", **kw)
 
 
