@@ -78,7 +78,7 @@ def _missing_trials(results) -> list[str]:
 
 def _smoothness_section(trials, probes) -> list[str]:
     """The paper's claim as a number: BN / no-BN median β with its 95% CI, per setup, in words."""
-    beta = probes.groupby(["trial_id", "step"])["beta"].max().groupby("trial_id").median()
+    beta = stats.per_probe(probes).groupby("trial_id")["beta"].median()
     md = ["Median effective β-smoothness per trial (max over η at each probe, median over probes):", ""]
     md += [f"- {trials.set_index('trial_id').loc[t, 'label']}: {b:.3g}" for t, b in beta.items()]
     comp = stats.smoothness_comparison(trials, probes)

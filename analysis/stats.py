@@ -100,15 +100,21 @@ def direction(r: dict) -> str:
     return "no clear difference (CI includes 1)"
 
 
+def per_probe(probes: pd.DataFrame) -> pd.DataFrame:
+    """One row per (trial, probe step): the max over η of β and of the gradient difference; a
+    probe whose loss overflowed (NaN) counts as +inf."""
+    blown = probes[["beta", "grad_diff"]].fillna(np.inf)
+    return probes[["trial_id", "step"]].join(blown).groupby(["trial_id", "step"]).agg(
+        beta=("beta", "max"), grad_diff=("grad_diff", "max")).reset_index()
+
+
 def smoothness_comparison(trials: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
     """One row per setup (the swept keys other than bn and seed) with BN and no-BN trials: test
     accuracy of each side, median β and gradient difference, the BN / no-BN ratio with its CI."""
     from .results import swept_keys
 
     t = trials[trials["status"].isin(["completed", "early_stopped", "diverged"])]
-    blown = probes[["beta", "grad_diff"]].fillna(np.inf)  # NaN = the probe's loss overflowed
-    at_step = probes[["trial_id", "step"]].join(blown).groupby(["trial_id", "step"]).agg(
-        beta=("beta", "max"), grad_diff=("grad_diff", "max")).reset_index()
+    at_step = per_probe(probes)
     keys = [k for k in swept_keys(trials) if k not in ("bn", "seed", "preset")]
     rows = []
     for setup, g in (t.groupby(keys, sort=True, dropna=False) if keys else [((), t)]):
