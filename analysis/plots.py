@@ -74,33 +74,58 @@ def _in_preset_order(variants: pd.DataFrame) -> pd.DataFrame:
         ["_r", "label"], kind="stable").drop(columns="_r")
 
 
-def accuracy_bars(table: pd.DataFrame, info: dict):
-    """Test accuracy per variant with 95% CI error bars, grouped (coloured) by section."""
-    t = table.iloc[::-1]  # first row on top
+def accuracy_dots(table: pd.DataFrame, info: dict, trials: pd.DataFrame | None = None):
+    """Accuracy by variant, one row each (table order, first on top): every completed seed as a dot
+    (jittered vertically), the mean as a black bar with its 95% t CI, the baseline's mean as a
+    dashed line, the original study's single run as an open diamond. The axis runs from 0 to 100%
+    (wider only if a CI reaches past either end): differences are never magnified by a cut axis,
+    and no CI is clipped. Without `trials` only the means and CIs are drawn."""
+    metric = info.get("metric", "test_acc")
+    t = table.iloc[::-1].reset_index(drop=True)  # first row on top
+    rng = np.random.default_rng(0)  # the same jitter on every run
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(8, 0.45 * len(t) + 1.2))
+        fig, ax = plt.subplots(figsize=(8, 0.45 * len(t) + 1.4))
         y = np.arange(len(t))
-        mean = 100 * t["mean"].to_numpy()
-        err = np.vstack([mean - 100 * t["ci_low"].to_numpy(), 100 * t["ci_high"].to_numpy() - mean])
-        err = np.nan_to_num(err, nan=0.0)
-        colors = [SECTION_COLORS.get(s, "#666666") for s in t["section"]]
-        ax.barh(y, mean, xerr=err, color=colors, alpha=0.85, capsize=3)
+        mean = 100 * t["mean"].to_numpy(float)
+        lo, hi = 100 * t["ci_low"].to_numpy(float), 100 * t["ci_high"].to_numpy(float)
+        ends = [0.0, 100.0]
+        if trials is not None:
+            done = trials[trials["status"] == "completed"]
+            key = "variant_id" if "variant_id" in t else "variant"
+            col = "variant" if key == "variant_id" else "label"
+            named = set()  # one legend entry per section's colour
+            for i, r in t.iterrows():
+                acc = 100 * pd.to_numeric(done.loc[done[col] == r[key], metric], errors="coerce").dropna()
+                section = r.get("section")
+                ax.scatter(acc, y[i] + rng.uniform(-0.15, 0.15, len(acc)), s=14, alpha=0.7, zorder=2,
+                           color=SECTION_COLORS.get(section, "#666666"),
+                           label=None if section in named else f"a seed ({section})")
+                named.add(section)
+                ends += list(acc)
+        has_ci = np.isfinite(lo) & np.isfinite(hi)
+        ax.errorbar(mean[has_ci], y[has_ci], xerr=[mean[has_ci] - lo[has_ci], hi[has_ci] - mean[has_ci]],
+                    fmt="|", color="black", markersize=12, capsize=3, zorder=3, label="mean, 95% t CI")
+        if (~has_ci).any():
+            ax.scatter(mean[~has_ci], y[~has_ci], marker="|", s=150, color="black", zorder=3,
+                       label="mean (n < 2: no CI)")
+        base = t[t["baseline"].astype(bool)] if "baseline" in t else t.iloc[:0]
+        if len(base) and np.isfinite(base["mean"].iloc[0]):
+            ax.axvline(100 * base["mean"].iloc[0], color="#444444", linestyle="--", linewidth=0.8,
+                       zorder=1, label=f"baseline mean ({base['variant'].iloc[0]})")
         ref = t["reference"].astype(float).to_numpy() if "reference" in t else np.full(len(t), np.nan)
-        sections = list(dict.fromkeys(table["section"]))
-        handles = [plt.Rectangle((0, 0), 1, 1, color=SECTION_COLORS.get(s, "#666")) for s in sections]
-        names = list(sections)
         if np.isfinite(ref).any():
-            handles.append(ax.scatter(ref, y, marker="D", color="black", zorder=3, s=18))
-            names.append("original study (1 run, its recipe)")
-        ax.legend(handles, names, loc="upper center", bbox_to_anchor=(0.4, -0.12), ncol=len(names))
+            ax.scatter(ref, y, marker="D", facecolor="none", edgecolor="black", zorder=3, s=22,
+                       label="original study (1 run, its recipe)")
+        ends = np.concatenate([ends, lo[has_ci], hi[has_ci], ref[np.isfinite(ref)]])
+        pad = 0.02 * (ends.max() - ends.min())  # dots at 100% are drawn whole
+        ax.set_xlim(min(0.0, ends.min()) - pad, max(100.0, ends.max()) + pad)
         ax.set_yticks(y, [f"{v}  (n={n})" for v, n in zip(t["variant"], t["n"])])
-        finite = np.concatenate([mean[np.isfinite(mean)], ref[np.isfinite(ref)]])
-        lo = max(0.0, (finite.min() if len(finite) else 0) - 10)
-        hi = min(100.0, (finite.max() if len(finite) else 100) + 8)
-        ax.set_xlim(lo, hi)
-        ax.set(xlabel="test accuracy (%): mean over seeds, 95% CI (clipped to the axes)",
-               title="Test accuracy by variant")
+        ax.set_ylim(-0.6, len(t) - 0.4)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+        ax.set(xlabel=f"{metric} (%) on a full 0–100 axis: each completed seed a dot; mean with its "
+                      "95% t CI (never clipped)", title=f"{metric} by variant")
     return fig
+
 
 
 def loss_band(trials: pd.DataFrame, steps: pd.DataFrame, across: str = "lr", by: str = "bn",

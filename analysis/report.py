@@ -1,4 +1,5 @@
-"""report.md: the comparison table, the figures, the trials that did not complete, provenance."""
+"""report.md: the conclusions in words, the comparison table, the effects of crossed flags, the
+figures, the trials that did not complete, provenance."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 from vggbn import storage
 from vggbn.files import write_atomic
 
-from . import plots, stats, table
+from . import plots, smoothness, stats, table, tradeoffs
 from .results import load, swept_keys
 
 
@@ -76,12 +77,11 @@ def _missing_trials(results) -> list[str]:
     return missing
 
 
-def _smoothness_section(trials, probes) -> list[str]:
+def _smoothness_section(trials, probes, comp) -> list[str]:
     """The paper's claim as a number: BN / no-BN median β with its 95% CI, per setup, in words."""
-    beta = stats.per_probe(probes).groupby("trial_id")["beta"].median()
+    beta = smoothness.per_probe(probes).groupby("trial_id")["beta"].median()
     md = ["Median effective β-smoothness per trial (max over η at each probe, median over probes):", ""]
     md += [f"- {trials.set_index('trial_id').loc[t, 'label']}: {b:.3g}" for t, b in beta.items()]
-    comp = stats.smoothness_comparison(trials, probes)
     if comp.empty:
         return md + [""]
     md += ["", "## Is BN smoother? (the paper's claim)", "",
@@ -100,7 +100,135 @@ def _smoothness_section(trials, probes) -> list[str]:
            + (" With fewer than 3 seeds a side, the CI covers the variation along the run, not "
               "between seeds: add seeds (>= 3) to bootstrap over them." if "block" in methods else ""),
            "",
-           f"**{stats.verdict(comp)}**", ""]
+           f"**{smoothness.verdict(comp)}**", ""]
+    return md
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.2f}"
+
+
+def _conclusions(tab, info, effects: dict, smooth: str | None) -> list[str]:
+    """The opening lines: which variants differ from the baseline after Holm's correction (Δ with
+    its CI and p), which do not, the factorial's effects, the smoothness verdict."""
+    md = ["## Conclusions", ""]
+    rest = tab[~tab["baseline"]] if len(tab) else tab
+    if not len(rest):
+        md.append("- One variant only: nothing to compare against a baseline.")
+    else:
+        base = tab[tab["baseline"]]
+        n_base = int(base["n"].iloc[0]) if len(base) else 0
+        md.append(f"- Against the baseline **{info['baseline_label']}** ({n_base} completed seeds), after "
+                  f"Holm's correction over the {info['family']} variants tested (test accuracy, points):"
+                  if info["family"] else f"- No variant could be tested against the baseline "
+                  f"**{info['baseline_label']}** ({n_base} completed seeds):")
+        sig = rest[rest["significant"] == True]  # noqa: E712  (None: not tested)
+        same = rest[rest["significant"] == False]  # noqa: E712
+        for _, r in sig.iterrows():
+            paired = (f"; paired on the {r['n_pairs']} shared seeds {_pts(r['paired_delta'])} "
+                      f"[{_pts(r['paired_ci_low'])}, {_pts(r['paired_ci_high'])}]"
+                      if r["n_pairs"] >= 2 and pd.notna(r["paired_delta"]) else "")
+            md.append(f"  - **{r['variant']}** is {abs(100 * r['delta']):.2f} points "
+                      f"{'higher' if r['delta'] > 0 else 'lower'}: Δ {_pts(r['delta'])} "
+                      f"[{_pts(r['delta_ci_low'])}, {_pts(r['delta_ci_high'])}] (Welch p = "
+                      f"{stats.fmt_p(r['p_value'])}, Holm p = {stats.fmt_p(r['p_holm'])}; Hedges' g = "
+                      f"{r['hedges_g']:.2f}{paired}).")
+        if len(same):
+            md.append("  - No difference at 0.05 after correction: " + "; ".join(
+                f"{r['variant']} Δ {_pts(r['delta'])} [{_pts(r['delta_ci_low'])}, "
+                f"{_pts(r['delta_ci_high'])}] (Holm p = {stats.fmt_p(r['p_holm'])})"
+                for _, r in same.iterrows()) + ".")
+        untested = rest[rest["significant"].isna()]
+        if len(untested):
+            md.append("  - Not tested (fewer than 2 completed seeds on a side, or no variation; n in "
+                      "brackets): " + ", ".join(f"{r['variant']} ({r['n']})" for _, r in untested.iterrows()) + ".")
+    for name, eff in effects.items():
+        if eff.ok:
+            inter = eff.terms["interaction"]
+            said = eff.terms.loc[~inter | (eff.terms["p_holm"] < stats.ALPHA), "sentence"]
+            md.append(f"- Factorial {' × '.join(eff.factors)}" + (f" ({name})" if len(effects) > 1 else "")
+                      + f", {eff.n} trials: " + " ".join(said)
+                      + ("" if (eff.terms.loc[inter, "p_holm"] < stats.ALPHA).any()
+                         else " No two-way interaction is significant after Holm's correction."))
+    if smooth:
+        md.append(f"- Smoothness (Santurkar et al. 2018): {smooth}")
+    return md + [""]
+
+
+def _effects_section(effects: dict, metric: str) -> list[str]:
+    """Main effects and two-way interactions of crossed flags, per sweep, or why there are none."""
+    md = ["## Effects and interactions", ""]
+    for name, eff in effects.items():
+        md += [f"### {name}", ""] if len(effects) > 1 else []
+        if not eff.ok:
+            md += [f"No factorial model: {eff.reason}", ""]
+            continue
+        lo, hi = eff.replicates
+        md += [f"A full factorial of {' × '.join(eff.factors)}: {eff.cells} "
+               f"combinations with {lo if lo == hi else f'{lo}-{hi}'} completed seeds each, {eff.n} trials. "
+               f"OLS of {metric} (points) on effect-coded (sum-to-zero) flags with main effects and "
+               f"every two-way interaction ({eff.resid_df} residual df; higher interactions stay in "
+               f"the residual). Effect: the change from a flag's low to its high level, averaged "
+               f"over the other flags; interaction A × B: how much A's effect changes from B's low "
+               f"level to its high one. p: the F-test of the term (for one coefficient, its t-test); "
+               f"Holm over the {len(eff.terms)} terms, and the words follow the Holm p."
+               + (" A flag with more than two levels has no single effect: the F-test of all its "
+                  "levels at once." if (eff.terms["df"] > 1).any() else ""), "",
+               "| term | levels | effect, points [95% CI] | p | Holm p |", "|---|---|---|---:|---:|"]
+        for _, r in eff.terms.iterrows():
+            levels = "" if r["interaction"] else " → ".join(map(str, eff.levels[r["term"]]))
+            effect = ("–" if pd.isna(r["effect"])
+                      else f"{stats.signed(r['effect'], 2)} [{stats.signed(r['ci_low'], 2)}, "
+                      f"{stats.signed(r['ci_high'], 2)}]")
+            md.append(f"| {r['term']} | {levels} | {effect} | {stats.fmt_p(r['p'])} | "
+                      f"{stats.fmt_p(r['p_holm'])} |")
+        md += [""] + [f"- {s}" for s in eff.sentences] + [""]
+    return md
+
+
+def _seeds_section(results) -> list[str]:
+    """Adaptive seeds: per variant, the seeds used, the corrected CI half-width, whether the target
+    was met; the trial-epochs spent against a fixed grid of `max` seeds."""
+    from vggbn.sweep.spec import SweepSpec, points
+
+    md = []
+    for meta in results.specs:
+        raw = meta.get("spec") or {}
+        if not raw.get("seeds"):
+            continue
+        spec = SweepSpec.model_validate(raw, context={"stored": True})
+        rule, metric = spec.seeds, spec.primary_metric
+        t = results.trials[results.trials["sweep"] == spec.name]
+        unit = "points" if metric.endswith("_acc") else metric
+        md += [f"## Seeds: {spec.name} (adaptive)", "",
+               f"Each variant started with {rule.min} seeds and got one more while the 95% CI "
+               f"half-width of its mean {metric} was above {rule.ci_halfwidth:g} {unit}, up to "
+               f"{rule.max}. The half-width uses the t quantile at 1 − 0.05/(2·{rule.looks}) "
+               f"(Bonferroni over the {rule.looks} possible looks), so the interval covers the mean "
+               f"with probability ≥ 95% whichever look stopped; the comparison table's 95% CI "
+               f"column is the plain t interval.", "",
+               f"| variant | seeds | completed | mean % | corrected 95% CI | half-width ({unit}) | target |",
+               "|---|---:|---:|---:|---|---:|---|"]
+        spent = fixed = 0.0
+        for _, g in t.groupby("variant", sort=False):
+            done = g[g["status"] == "completed"]
+            vals = pd.to_numeric(done[metric], errors="coerce").dropna().to_list()
+            hw = rule.halfwidth(vals) * points(metric)
+            mean = sum(vals) / len(vals) * points(metric) if vals else float("nan")
+            met = hw <= rule.ci_halfwidth
+            why = ("met" if met else f"missed (max {rule.max} seeds)" if len(g) >= rule.max
+                   else "missed (stopped before max: budget or unfinished)")
+            label = g["label"].iloc[0]
+            ci = f"[{mean - hw:.2f}, {mean + hw:.2f}]" if hw < float("inf") else "–"
+            md.append(f"| {label} | {len(g)} | {len(vals)} | {mean:.2f} | {ci} | "
+                      f"{hw:.2f} | {why} |")
+            epochs = pd.to_numeric(g["epochs"], errors="coerce").max()
+            spent += pd.to_numeric(g["epochs_run"], errors="coerce").sum()
+            fixed += rule.max * epochs
+        n_var = t["variant"].nunique()
+        md += ["", f"Trial-epochs spent: **{spent:,.0f}** of the {fixed:,.0f} a fixed grid of "
+               f"{rule.max} seeds would take ({n_var} variants; {spent / fixed:.0%}); "
+               f"{len(t)} trials of at most {n_var * rule.max}.", ""]
     return md
 
 
@@ -125,6 +253,10 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
                                        target=target, reference=ref)
     paths = table.write_tables(tab, info, out)
     trials = results.trials
+    effects = {name: stats.factorial_effects(trials[trials["sweep"] == name], info["metric"])
+               for name in dict.fromkeys(trials["sweep"].astype(str))} if len(trials) else {}
+    has_probes = results.probes is not None and len(results.probes)
+    comp = smoothness.smoothness_comparison(trials, results.probes) if has_probes else None
     names = ", ".join(dict.fromkeys(trials["sweep"].astype(str))) if len(trials) else "?"
     md = [f"# vggbn report: {names}", ""]
     missing = _missing_trials(results)
@@ -145,6 +277,7 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
                f"{int((pending & ~started).sum()) + len(missing)} not started; the table uses the "
                f"completed ones (run `vggbn resume` to finish).", ""]
         md += [f"> missing: {m}" for m in missing] + ([""] if missing else [])
+    md += _conclusions(tab, info, effects, smoothness.verdict(comp) if has_probes and not comp.empty else None)
     for meta in results.specs:
         desc = (meta.get("spec") or {}).get("description")
         if desc:
@@ -154,8 +287,11 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
     md += ["## Comparison table", "", paths["md"].read_text(), "",
            f"Also as [CSV]({paths['csv'].name}) and [LaTeX]({paths['tex'].name}).", ""]
     rel = lambda p: p.relative_to(out).as_posix()  # noqa: E731
-    fig = plots.save(plots.accuracy_bars(tab, info), figs / "accuracy.png")
-    md += [f"![test accuracy by variant]({rel(fig)})", ""]
+    fig = plots.save(plots.accuracy_dots(tab, info, trials), figs / "accuracy.png")
+    md += [f"![test accuracy by variant: each seed, the mean and its 95% CI]({rel(fig)})", ""]
+    md += _seeds_section(results)
+    md += _effects_section(effects, info["metric"])
+    md += tradeoffs.report_sections(results, tab, info, figs, rel)
     fig = plots.save(plots.learning_curves(trials, results.epochs), figs / "learning_curves.png")
     md += ["## Learning curves", "", f"![learning curves]({rel(fig)})", ""]
     swept = swept_keys(trials)
@@ -166,7 +302,7 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
             band = trials[trials["optimizer"] == best]
         fig = plots.save(plots.loss_band(band, results.steps[results.steps["trial_id"].isin(
             band["trial_id"])]), figs / "loss_band.png")
-        widths = stats.band_width(band, results.steps)
+        widths = smoothness.band_width(band, results.steps)
         md += ["## Loss band (BN vs no BN, across learning rates)", "",
                "Per training step, the min and max of the training loss over the runs with "
                "different learning rates (the course's band, per step across runs).", "",
@@ -179,14 +315,14 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
         if spec.get("search") in ("optuna", "random") or (spec.get("scheduler") or {}).get("type") == "asha":
             params = [k for k in (spec.get("space") or {}) if k != "seed"]
             t = trials[trials["sweep"] == spec.get("name")]
-            metric = "best_val_acc" if spec.get("metric") == "val_acc" else spec.get("metric", "test_acc")
-            fig = plots.save(plots.hpo_progress(t, metric, spec.get("mode", "max"), params),
+            metric, mode = tradeoffs.objectives(spec)[0]
+            fig = plots.save(plots.hpo_progress(t, tradeoffs.metric_column(t, metric), mode, params),
                              figs / f"hpo_{spec.get('name')}.png")
             md += [f"## Search: {spec.get('name')}", "", f"![search progress]({rel(fig)})", ""]
     for title, png, caption in optimization_figures(results, figs):
         md += [f"## {title}", "", caption, "", f"![{title}]({rel(png)})", ""]
-    if results.probes is not None and len(results.probes):
-        md += _smoothness_section(trials, results.probes)
+    if has_probes:
+        md += _smoothness_section(trials, results.probes, comp)
     md += ["## Trials that did not complete", ""]
     if len(incomplete):
         cols = [c for c in ("trial_id", "label", "seed", "status", "epochs_run", "error")

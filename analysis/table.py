@@ -1,7 +1,9 @@
 """The comparison table: per variant, test accuracy over seeds with its uncertainty, against a baseline.
 
-Statistics (scipy): mean and sample std (ddof=1) over completed seeds, a 95% Student-t confidence
-interval of the mean, and Welch's t-test (unequal variances) of each variant against the baseline.
+Statistics (analysis.stats): mean and sample std (ddof=1) over completed seeds, a 95% Student-t
+confidence interval of the mean; against the baseline, Δ with its Welch 95% CI, Welch's p and the
+Holm-adjusted p over the rows tested (the significance mark follows the Holm p), Hedges' g with its
+CI, and the paired difference on the seeds both completed (a seed fixes data order and augmentation).
 Cost columns: parameters, GFLOPs per forward pass (torch's FlopCounterMode, batch 1), training
 images/s, epochs and seconds until the test accuracy first reaches a target, best epoch.
 """
@@ -13,55 +15,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from vggbn.config import PRESETS, TrialConfig
 from vggbn.files import write_atomic
 
 from .results import ResultsError, status_counts
+from .stats import ALPHA, fmt_p, hedges_g, holm, mean_ci, paired, welch
 
 SECTION_ORDER = ["Loss function", "Network structure", "Optimizer", "Variants"]
 REFERENCE_CSV = Path(__file__).with_name("reference.csv")
-IN_CHANNELS = {"fashion_mnist": 1}
-NUM_CLASSES = {"cifar100": 100}
-
-
-def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float, float]:
-    """(mean, std, ci_low, ci_high) with the sample std and a Student-t interval; NaN where n < 2."""
-    a = np.asarray(values, dtype=float)
-    a = a[~np.isnan(a)]
-    if len(a) == 0:
-        return (math.nan,) * 4
-    mean = float(a.mean())
-    if len(a) < 2:
-        return mean, math.nan, math.nan, math.nan
-    std = float(a.std(ddof=1))
-    lo, hi = stats.t.interval(confidence, len(a) - 1, loc=mean, scale=std / math.sqrt(len(a)))
-    return mean, std, float(lo), float(hi)
-
-
-def welch_p(a, b) -> float:
-    """Two-sided Welch's t-test p-value; NaN when either side has fewer than 2 values."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def gflops(config: dict) -> float:
-    """GFLOPs of one forward pass at batch 1, counted by torch's FlopCounterMode."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    """GFLOPs of one forward pass at batch 1 (torch's FlopCounterMode), as the trials report it."""
+    from vggbn.models import model_cost
 
-    from vggbn.models import build_model
-
-    cfg = TrialConfig.from_stored({k: v for k, v in config.items() if k in TrialConfig.model_fields
-                                   and not (isinstance(v, float) and math.isnan(v))})
-    model = build_model(cfg, IN_CHANNELS.get(cfg.dataset, 3), NUM_CLASSES.get(cfg.dataset, 10)).eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, IN_CHANNELS.get(cfg.dataset, 3), 32, 32))
-    return counter.get_total_flops() / 1e9
+    return model_cost(TrialConfig.from_stored({k: v for k, v in config.items() if k in TrialConfig.model_fields
+                                               and not (isinstance(v, float) and math.isnan(v))}))[0]
 
 
 def load_reference(path: str | Path | None = None) -> dict[tuple[str, str | None], float]:
@@ -122,7 +92,8 @@ def comparison_table(trials: pd.DataFrame, epochs: pd.DataFrame, baseline: str |
             base_variant = cand["variant"].iloc[0]
     if base_variant is None:  # no such preset: the first variant in table order is the baseline
         base_variant = _ordered(variants)["variant"].iloc[0] if len(variants) else None
-    base_accs = done.loc[done["variant"] == base_variant, metric].dropna().to_numpy()
+    base_done = done[done["variant"] == base_variant]
+    base_accs = base_done[metric].dropna().to_numpy()
     if target is None:
         target = float(np.mean(base_accs)) if len(base_accs) else math.nan
 
@@ -139,13 +110,19 @@ def comparison_table(trials: pd.DataFrame, epochs: pd.DataFrame, baseline: str |
                     for tid in sel["trial_id"]]
         c = counts.loc[v["variant"]]
         is_base = v["variant"] == base_variant
-        p = math.nan if is_base else welch_p(accs, base_accs)
+        nan = dict(delta=math.nan, ci_low=math.nan, ci_high=math.nan, p=math.nan, g=math.nan, n_pairs=0)
+        w = nan if is_base else welch(accs, base_accs)
+        g = nan if is_base else hedges_g(accs, base_accs)
+        pair = nan if is_base else paired(_by_seed(sel, metric), _by_seed(base_done, metric))
         preset = v.get("preset") if isinstance(v.get("preset"), str) else None
         rows.append({
             "section": v["section"], "variant": v["label"], "preset": preset,
             "n": len(accs), "mean": mean, "std": std, "ci_low": lo, "ci_high": hi,
-            "delta": math.nan if is_base else mean - (np.mean(base_accs) if len(base_accs) else math.nan),
-            "p_value": p, "significant": bool(p < 0.05) if not math.isnan(p) else None,
+            "delta": w["delta"], "delta_ci_low": w["ci_low"], "delta_ci_high": w["ci_high"],
+            "p_value": w["p"], "p_holm": math.nan, "significant": None,
+            "hedges_g": g["g"], "g_ci_low": g["ci_low"], "g_ci_high": g["ci_high"],
+            "n_pairs": pair["n_pairs"], "paired_delta": pair["delta"], "paired_ci_low": pair["ci_low"],
+            "paired_ci_high": pair["ci_high"], "paired_p": pair["p"], "paired_p_holm": math.nan,
             "baseline": is_base,
             "params": int(sel["params"].dropna().iloc[0]) if sel["params"].notna().any() else None,
             "gflops": gflops(v.to_dict()),
@@ -160,9 +137,21 @@ def comparison_table(trials: pd.DataFrame, epochs: pd.DataFrame, baseline: str |
             "variant_id": v["variant"],
         })
     table = pd.DataFrame(rows)
+    if len(table):  # the family: the rows tested against the baseline (NaN p: not tested, left out)
+        table["p_holm"] = holm(table["p_value"])
+        table["significant"] = [None if math.isnan(p) else bool(p < ALPHA) for p in table["p_holm"]]
+        table["paired_p_holm"] = holm(table["paired_p"])
     info = {"baseline": base_variant, "baseline_label": table.loc[table["baseline"], "variant"].iloc[0]
-            if len(table) and table["baseline"].any() else None, "target": target, "metric": metric}
+            if len(table) and table["baseline"].any() else None, "target": target, "metric": metric,
+            "family": int(table["p_value"].notna().sum()) if len(table) else 0}
     return table, info
+
+
+def _by_seed(sel: pd.DataFrame, metric: str) -> pd.Series:
+    """seed -> the metric (the mean, should a seed appear twice, as in two exports of one sweep)."""
+    if "seed" not in sel:
+        return pd.Series(dtype=float)
+    return sel.groupby("seed")[metric].mean().dropna()
 
 
 def _best_epoch_test_acc(sel: pd.DataFrame, epochs: pd.DataFrame) -> float:
@@ -188,9 +177,16 @@ def _pct(x: float, digits: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
 
 
-def _delta(r) -> str:
-    text = f"{100 * r['delta']:+.2f}" if not math.isnan(r["delta"]) else "–"
-    return text + ("" if r["significant"] else " †")  # † also where there are too few seeds to test
+def _pts(x: float) -> str:
+    return "–" if math.isnan(x) else f"{100 * x:+.2f}"
+
+
+def _with_ci(x: float, lo: float, hi: float) -> str:
+    return _pts(x) + ("" if math.isnan(lo) else f" [{_pts(lo)}, {_pts(hi)}]")
+
+
+def _delta(r) -> str:  # † follows the Holm p; also where there are too few seeds to test
+    return _with_ci(r["delta"], r["delta_ci_low"], r["delta_ci_high"]) + ("" if r["significant"] else " †")
 
 
 def display_frame(table: pd.DataFrame, info: dict) -> pd.DataFrame:
@@ -201,15 +197,19 @@ def display_frame(table: pd.DataFrame, info: dict) -> pd.DataFrame:
         incomplete = ", ".join(f"{r[f'n_{s}']} {s.replace('_', ' ')}"
                                for s in ("early_stopped", "diverged", "errored", "incomplete")
                                if r.get(f"n_{s}", 0))
-        p = r["p_value"]
         out.append({
             "Section": r["section"],
             "Variant": r["variant"] + (" (baseline)" if r["baseline"] else ""),
             "n": r["n"],
             "Test acc % (mean ± std)": f"{_pct(r['mean'])} ± {_pct(r['std'])}",
             "95% CI": f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]",
-            "Δ vs baseline": "" if r["baseline"] else _delta(r),
-            "p (Welch)": "" if r["baseline"] or math.isnan(p) else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"),
+            "Δ vs baseline [95% CI]": "" if r["baseline"] else _delta(r),
+            "p (Welch / Holm)": "" if r["baseline"] or math.isnan(r["p_value"])
+            else f"{fmt_p(r['p_value'])} / {fmt_p(r['p_holm'])}",
+            "g": "" if r["baseline"] or math.isnan(r["hedges_g"]) else f"{r['hedges_g']:+.2f}",
+            "Paired Δ [95% CI] (seeds)": "" if r["baseline"] else (
+                f"{_with_ci(r['paired_delta'], r['paired_ci_low'], r['paired_ci_high'])} ({r['n_pairs']})"
+                if r["n_pairs"] >= 2 else f"– ({r['n_pairs']})"),
             "Params": f"{r['params']:,}" if r["params"] else "–",
             "GFLOPs": f"{r['gflops']:.3g}",
             "Train img/s": f"{r['images_per_s']:.0f}" if not math.isnan(r["images_per_s"]) else "–",
@@ -236,9 +236,17 @@ def to_markdown(table: pd.DataFrame, info: dict) -> str:
                             for c in cols) + "|"]
     for _, r in d.iterrows():
         lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    notes = (f"\nMean ± sample std over completed seeds; 95% CI of the mean (Student t); Δ and "
-             f"Welch's t-test p against **{info['baseline_label']}**; † = not significant at 0.05 "
-             f"(or too few seeds to test). Epochs/seconds to {_pct(info['target'], 1)}% (the "
+    notes = (f"\nMean ± sample std over completed seeds; 95% CI of the mean (Student t). Against "
+             f"**{info['baseline_label']}**: Δ = variant − baseline in points with the 95% CI of "
+             f"Welch's t (unequal variances); p: Welch's two-sided p / Holm's adjusted p over the "
+             f"family of the {info.get('family', 0)} rows tested against the baseline (Holm–Bonferroni: "
+             f"the chance of any false positive in the table stays at 0.05); † = not significant "
+             f"at 0.05 after Holm's correction (or too few seeds to test). g: Hedges' g, Δ over the "
+             f"pooled SD with the small-sample correction (its 95% CI in table.csv). Paired Δ: "
+             f"only on the seeds both the variant and the baseline completed (n in brackets; a "
+             f"trial's seed fixes its data order and augmentation, so equal seeds are matched "
+             f"pairs), the mean per-seed difference with its t CI (p and Holm p in table.csv); – "
+             f"with fewer than 2 shared seeds. Epochs/seconds to {_pct(info['target'], 1)}% (the "
              f"baseline's mean final {info['metric']}): mean over the seeds that reached it "
              f"(reached/seeds). GFLOPs: one forward pass, batch 1 (FlopCounterMode). Study: the "
              f"original study's single run with its own recipe.")

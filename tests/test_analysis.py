@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from matplotlib.collections import PolyCollection
-from matplotlib.patches import Rectangle
+from matplotlib.collections import PathCollection, PolyCollection
 from scipy import stats
 
 from analysis import plots, table
@@ -148,11 +147,15 @@ def test_figures_have_the_expected_artists(tmp_path):
     assert len([c for c in ax_a.collections if isinstance(c, PolyCollection)]) == 4
     assert ax_a.get_ylabel() == "test accuracy (%)" and ax_l.get_xlabel() == "epoch"
     assert plots.save(fig, tmp_path / "lc.png").stat().st_size > 10_000
-    fig = plots.accuracy_bars(tab, info)
-    bars = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
-    assert len(bars) == len(tab) == 4
-    assert sorted(round(b.get_width(), 6) for b in bars) == sorted(round(100 * m, 6) for m in tab["mean"])
-    assert plots.save(fig, tmp_path / "acc.png").stat().st_size > 10_000
+    fig = plots.accuracy_dots(tab, info, trials)
+    ax = fig.axes[0]
+    dots = np.concatenate([c.get_offsets()[:, 0] for c in ax.collections
+                           if isinstance(c, PathCollection)
+                           and not str(c.get_label()).startswith(("original", "mean"))])
+    done = trials.loc[trials["status"] == "completed", "test_acc"]
+    assert sorted(np.round(dots, 6)) == sorted(np.round(100 * done, 6))  # every seed, as a dot
+    assert ax.get_xlim()[0] <= 0 and ax.get_xlim()[1] >= 100  # the axis is not cut to the data
+    assert len(tab) == 4 and plots.save(fig, tmp_path / "acc.png").stat().st_size > 10_000
     # the loss band: per step across learning rates, one band each for BN off / on
     rows = []
     for bn in (False, True):

@@ -3,7 +3,7 @@ bootstrap is scipy's, the verdict only counts setups where both networks train."
 import numpy as np
 import pandas as pd
 
-from analysis import stats
+from analysis import smoothness as stats
 from analysis.results import label_variants
 from vggbn.config import TrialConfig
 

@@ -50,6 +50,27 @@ BAD = [  # (spec, words the message must contain besides the file name)
     (with_(space={"lr": {"grid": [0.1, 1e-1]}}), ["lr=0.1", "twice"]),
     (with_(cases=[{"bn": True}, {"bn": True, "dropout": 0.0}], space={}), ["same trial config"]),
     ({"base": {}}, ["name", "required"]),
+    # adaptive seeds: a grid of variants, every seed finishing, one source of seeds
+    (with_(seeds={"min": 2, "max": 6, "ci_halfwidth": 0.5}, space={"seed": {"grid": [0, 1]}}),
+     ["seeds", "space.seed"]),
+    (with_(seeds={"min": 4, "max": 3, "ci_halfwidth": 0.5}), ["seeds", "max", "below min"]),
+    (with_(seeds={"min": 1, "max": 3, "ci_halfwidth": 0.5}), ["seeds.min", "greater than or equal to 2"]),
+    (with_(seeds={"min": 2, "max": 4, "ci_halfwidth": 0}), ["seeds.ci_halfwidth"]),
+    (with_(seeds={"min": 2, "max": 4, "ci_halfwidth": 0.5}, base={"dataset": "synthetic", "seed": 3}),
+     ["seeds", "fixed seed in base"]),
+    (with_(seeds={"min": 2, "max": 4, "ci_halfwidth": 0.5}, scheduler={"type": "asha"}, metric="val_acc",
+           base={"dataset": "synthetic", "epochs": 4, "val_fraction": 0.1}), ["seeds", "fifo"]),
+    # several objectives: Optuna only, no single-metric scheduler, one mode per metric
+    (with_(metric=["val_acc", "gflops"], mode=["max", "min"], base={"val_fraction": 0.1}),
+     ["2 objectives", "search: optuna"]),
+    (with_(metric=["val_acc", "gflops"], mode=["max"], search="optuna", space={"lr": {"choice": [0.1]}},
+           base={"val_fraction": 0.1}), ["mode", "1 modes for 2 metrics"]),
+    (with_(metric=["val_acc", "flops"], mode=["max", "min"], search="optuna",
+           space={"lr": {"choice": [0.1]}}, base={"val_fraction": 0.1}), ["flops", "gflops"]),
+    (with_(metric=["val_acc", "gflops"], mode=["max", "min"], search="optuna", scheduler={"type": "asha"},
+           space={"lr": {"choice": [0.1]}}, base={"val_fraction": 0.1}), ["asha", "one metric"]),
+    (with_(metric=["test_acc", "params"], mode=["max", "min"], search="optuna",
+           space={"lr": {"choice": [0.1]}}), ["test_acc", "test set"]),
 ]
 
 
@@ -85,7 +106,8 @@ def test_overrides_with_dotted_paths(tmp_path):
 
 
 @pytest.mark.parametrize("name,count", [("ablation", 24), ("ablation_strong", 21), ("hpo", 40),
-                                        ("landscape", 12), ("quick", 16), ("smoke", 4)])
+                                        ("landscape", 12), ("quick", 16), ("smoke", 4),
+                                        ("quick_adaptive", 48), ("factorial", 24), ("hpo_pareto", 30)])
 def test_shipped_sweeps_are_valid_and_counted(name, count):
     spec = load_spec(SWEEPS / f"{name}.yaml")
     assert spec.name == name and spec.trial_count() == count

@@ -1,4 +1,4 @@
-"""`vggbn train | presets | sweep | resume | export | report | landscape`.
+"""`vggbn train | presets | sweep | resume | extend | export | report | landscape`.
 
 Errors for people: what went wrong and how to fix it on stderr, exit code 2, no traceback unless
 --debug.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extend(args: argparse.Namespace) -> int:
+    from .sweep.export import summary_text
+    from .sweep.runner import extend_sweep
+
+    print(summary_text(extend_sweep(args.path, parse_sets(args.set), address=args.address)))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .sweep.export import export, summary_text
 
@@ -230,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--address", help="an existing Ray cluster (default: $RAY_ADDRESS, else local)")
     rs.set_defaults(func=cmd_resume)
 
+    xt = sub.add_parser("extend", help="more seeds or variants for a finished (or interrupted) grid "
+                        "sweep: finished trials stay, new ones join the same experiment and table")
+    xt.add_argument("path", help="the sweep's directory, e.g. results/quick")
+    xt.add_argument("--set", action="append", metavar="PATH=VALUE", required=True,
+                    help="what to add: space.seed.grid=[0,1,2,3], space.preset.grid=[...], seeds.max=8")
+    xt.add_argument("--address", help="an existing Ray cluster (default: $RAY_ADDRESS, else local)")
+    xt.set_defaults(func=cmd_extend)
+
     ex = sub.add_parser("export", help="write trials/epochs/steps.parquet for a sweep directory")
     ex.add_argument("path", help="the sweep's directory, e.g. results/quick")
     ex.set_defaults(func=cmd_export)
@@ -290,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vggbn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `vggbn sweep X --dry-run | head`: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

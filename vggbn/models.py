@@ -132,6 +132,21 @@ def init_weights(model: nn.Module, scheme: str) -> None:
             nn.init.zeros_(m.bias)
 
 
+def model_cost(cfg) -> tuple[float, int]:
+    """(GFLOPs of one forward pass at batch 1, counted by torch's FlopCounterMode; parameters)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .data import NUM_CLASSES
+
+    channels = 1 if cfg.dataset == "fashion_mnist" else 3
+    model = build_model(cfg, channels, NUM_CLASSES.get(cfg.dataset, 10)).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, channels, 32, 32))
+    return counter.get_total_flops() / 1e9, count_params(model)
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

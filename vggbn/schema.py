@@ -11,6 +11,7 @@ SCHEMA_VERSION = 1
 
 # what a trial reports (fractions, not percent)
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+COSTS = ("gflops", "params")  # reported by every trial too, so they can be search objectives
 EPOCH_METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                  "lr", "epoch_time_s", "images_per_s", "diverged")
 STATUSES = ("completed", "early_stopped", "diverged", "errored", "incomplete")

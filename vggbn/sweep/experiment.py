@@ -124,14 +124,17 @@ class Experiment:
         except (OSError, FileNotFoundError):
             return False
 
-    def has_ray_state(self) -> bool:
+    def listdir(self) -> list[str]:
+        """Names directly in the experiment directory ([] when it is unreadable or missing)."""
         import pyarrow.fs as pafs
 
         try:
-            found = self.fs.get_file_info(pafs.FileSelector(self.root))
+            return [i.base_name for i in self.fs.get_file_info(pafs.FileSelector(self.root))]
         except (OSError, FileNotFoundError):
-            return False
-        return any(i.base_name.startswith("experiment_state") for i in found)
+            return []
+
+    def has_ray_state(self) -> bool:
+        return any(n.startswith("experiment_state") for n in self.listdir())
 
     # ------------------------------------------------------------------ one experiment = one sweep
     def claim(self, sweep: str) -> None:

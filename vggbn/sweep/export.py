@@ -128,6 +128,7 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
                "epochs_run": int(len(df)),
                "best_epoch": best.get("epoch"), "best_test_acc": best.get("test_acc"),
                "best_val_acc": best.get("val_acc"), "params": meta.get("params"),
+               "gflops": lr_.get("gflops"),  # as the trial reported it (FlopCounterMode, batch 1)
                "wall_time_s": lr_.get("time_total_s"), "node": lr_.get("node_ip"),
                "hostname": lr_.get("hostname"), "node_id": lr_.get("node_id"),
                "failures": int(getattr(trial, "num_failures", 0) or 0),

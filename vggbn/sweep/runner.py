@@ -112,10 +112,11 @@ def _reporter(spec: SweepSpec):
     from ray.tune import CLIReporter
 
     metrics = ["epoch", "train_loss"]
-    metrics += ["val_acc"] if spec.metric.startswith("val_") or "val_fraction" in spec.base else []
-    metrics += ["test_acc"]
+    metrics += ["val_acc"] if spec.primary_metric.startswith("val_") or "val_fraction" in spec.base else []
+    metrics += ["test_acc"] + [m for m, _ in spec.objectives if m not in ("val_acc", "test_acc", *metrics)]
     common = set.intersection(*(set(c) for c in spec.cases)) if spec.cases else set()
     params = list(spec.space) + sorted(f"{CASE_KEY}/{k}" for k in common)  # keys every case sets
+    params += ["seed"] if spec.seeds else []
     params = params or [k for k in ("preset", "seed") if k in spec.base]
     return CLIReporter(parameter_columns=params, metric_columns=metrics, max_report_frequency=30,
                        sort_by_metric=False)
@@ -128,27 +129,22 @@ def _trial_dirname(trial) -> str:
 def build_tuner(spec: SweepSpec, exp: Experiment | None = None):
     from ray import tune
 
-    from . import schedulers
+    from . import schedulers, search
 
     exp = exp or Experiment(spec.experiment_path())
     scheduler, callbacks = schedulers.build(spec)
-    search_alg = None
-    if spec.search == "optuna":
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.seed))
-    elif spec.search == "random":
-        from ray.tune.search import BasicVariantGenerator
-
-        search_alg = BasicVariantGenerator(random_state=spec.seed)
+    search_alg, param_space, num_samples = search.build(spec, exp.uri)
+    single = len(spec.objectives) == 1 or None  # several objectives: the searcher holds them
     storage_path, storage_fs = exp.ray_storage()  # object storage: the URI's filesystem + plain path
     return tune.Tuner(
         _trainable(spec, exp),
-        param_space=spec.param_space(),
-        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
-                                    search_alg=search_alg, num_samples=spec.num_samples,
-                                    max_concurrent_trials=spec.max_concurrent or None,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric=single and spec.metric, mode=single and spec.mode,
+                                    scheduler=scheduler,
+                                    search_alg=search_alg, num_samples=num_samples,
+                                    # a grid's plan searcher carries its own limiter (search.py)
+                                    max_concurrent_trials=(spec.max_concurrent or None)
+                                    if spec.search != "grid" else None,
                                     trial_dirname_creator=_trial_dirname,
                                     reuse_actors=True),  # no process start + torch import per trial
         run_config=tune.RunConfig(
@@ -211,3 +207,68 @@ def resume_sweep(path: str, *, address: str | None = None) -> dict:
     tuner.fit()
     _wait_for_final_upload()
     return export(exp.uri, wall_time_s=time.time() - t0)
+
+
+EXTENDABLE = ("space", "cases", "seeds", "num_samples", "description", "resources", "max_concurrent",
+              "max_failures", "budget", "cost", "keep_checkpoints")
+
+
+def _extension_problems(old: SweepSpec, new: SweepSpec) -> list[str]:
+    """What in `new` is not an extension of `old` (the finished trials must stay what they are)."""
+    a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
+    out = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k not in EXTENDABLE + ("storage", "schema_version")
+           and a[k] != b[k]]
+    if set(old.space) != set(new.space):
+        out.append(f"space: keys {sorted(old.space)} -> {sorted(new.space)} (a new swept key would change "
+                   f"what the finished trials are)")
+    for k in set(old.space) & set(new.space):
+        gone = [v for v in old.space[k].values if v not in new.space[k].values]
+        if old.space[k].kind != new.space[k].kind or gone:
+            out.append(f"space.{k}: {old.space[k].describe()} -> {new.space[k].describe()} (values can "
+                       f"be added, not removed)")
+    if new.cases[:len(old.cases)] != old.cases:
+        out.append("cases: the existing cases must stay, in order; add new ones at the end")
+    if (old.seeds is None) != (new.seeds is None):
+        out.append("seeds: a fixed seed grid stays fixed (add seeds to space.seed.grid), adaptive seeds "
+                   "stay adaptive (raise seeds.max)")
+    if new.num_samples < old.num_samples:
+        out.append(f"num_samples: {old.num_samples} -> {new.num_samples} (it can grow, not shrink)")
+    return out
+
+
+def extend_sweep(path: str, overrides: dict[str, Any], *, address: str | None = None) -> dict:
+    """More seeds or more variants for a grid sweep: the spec gains them, finished trials stay,
+    the new ones join the same experiment (and its table) through the plan searcher on resume."""
+    from .spec import _set_path
+
+    exp = Experiment(path)
+    old = exp.spec()
+    fix = f"Fix: run a new sweep for it (vggbn sweep FILE), and `vggbn report {exp.uri} NEW` to compare"
+    if old.search != "grid":
+        raise ExperimentError(f"{exp.uri}: search {old.search}: `extend` adds seeds or variants to a grid "
+                              f"sweep.\n{fix}")
+    if not exp.has_ray_state() or not any(i.startswith("searcher-state") for i in exp.listdir()):
+        raise ExperimentError(f"{exp.uri}: this sweep has no vggbn plan state (it never started, or it "
+                              f"was run by a vggbn before 2026-11-28 on Ray's own grid).\n{fix}")
+    raw = old.model_dump(mode="json")
+    for k, v in overrides.items():
+        _set_path(raw, k, v)
+    try:
+        new = SweepSpec.model_validate(raw)
+    except Exception as e:  # noqa: BLE001  (pydantic's ValidationError, as load_spec words it)
+        from .spec import _spec_errors
+
+        msg = _spec_errors(e) if hasattr(e, "errors") else str(e)
+        raise SweepSpecError(f"{exp.uri}: the extended spec is not valid: {msg}\nFix: change the --set "
+                             f"values as said above") from None
+    problems = _extension_problems(old, new)
+    if problems:
+        raise SweepSpecError(f"{exp.uri}: extend adds seeds or variants and keeps what ran; this "
+                             f"changes {'; '.join(problems)}.\nFix: --set only space.KEY.grid (adding "
+                             f"values), cases, seeds.max / seeds.ci_halfwidth, num_samples; for another "
+                             f"setup run a new sweep")
+    if new.model_dump() == old.model_dump():
+        raise SweepSpecError(f"{exp.uri}: the --set values change nothing.\nFix: e.g. --set "
+                             f"space.seed.grid=[0,1,2,3] or --set seeds.max=8")
+    exp.write_spec(new.model_copy(update={"storage": exp.storage}))
+    return resume_sweep(exp.uri, address=address)

@@ -1,13 +1,15 @@
-"""The search space: one searched TrialConfig key (`Dim`) and the trials a spec's space would run
-(`dry_run`). No Ray import until a Dim becomes a Ray Tune domain."""
+"""The search space: one searched TrialConfig key (`Dim`), adaptive seeds (`Seeds`), what a sweep
+may spend (`Budget`, `Cost`) and the trials a spec's space would run (`dry_run`, `estimate`). No Ray
+import until a Dim becomes a Ray Tune domain."""
 
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     from .spec import SweepSpec
@@ -73,6 +75,73 @@ class Dim(BaseModel):
         return f"{self.kind} {list(self.values)}"
 
 
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gpu_hours: float | None = Field(None, gt=0, description="no new trial starts once the trials' "
+                                    "GPU-hours (trial time x GPUs per trial) reach this")
+    cpu_hours: float | None = Field(None, gt=0, description="no new trial starts once the trials' "
+                                    "CPU-hours (trial time x CPUs per trial) reach this")
+
+
+class Cost(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epoch_seconds: float | None = Field(None, gt=0, description="stated time of one epoch of one "
+                                        "trial on its resources, for the dry run's estimate (a "
+                                        "run of this experiment, when there is one, is measured)")
+    usd_per_gpu_hour: float | None = Field(None, ge=0, description="price of a GPU-hour (default: "
+                                           "the on-demand price of cluster.yaml's GPU workers, "
+                                           "where vggbn knows the instance type)")
+
+
+class Seeds(BaseModel):
+    """Adaptive seeds: each variant starts with `min` seeds and gets one more, while the 95% CI
+    half-width of its mean is above `ci_halfwidth`, up to `max`. The rule looks at the variant's
+    own spread only, never at which variant is winning.
+
+    Stopping on the observed width makes a plain t interval too narrow at small n (it covers ~90%,
+    not 95%, with min 2, max 6). So each look's interval uses the t quantile at 1 - 0.05 / (2K),
+    K = max - min + 1 possible looks (Bonferroni over the looks, a repeated confidence interval):
+    whichever look stops, its interval covers the mean with probability >= 95% (normal seeds).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    min: int = Field(2, ge=2, le=1000, description="seeds every variant gets")
+    max: int = Field(ge=2, le=1000, description="most seeds a variant gets")
+    ci_halfwidth: float = Field(gt=0, description="target 95% CI half-width of a variant's mean, in "
+                                "percentage points for an accuracy metric (else the metric's units)")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max < self.min:
+            raise ValueError(f"max: {self.max} is below min {self.min}")
+        return self
+
+    @property
+    def looks(self) -> int:
+        return self.max - self.min + 1
+
+    def halfwidth(self, values, confidence: float = 0.95) -> float:
+        """The corrected CI half-width of the mean of `values` (metric units); inf below 2 values."""
+        from scipy import stats
+
+        a = [float(v) for v in values if v is not None and v == v]
+        if len(a) < 2:
+            return math.inf
+        mean = sum(a) / len(a)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in a) / (len(a) - 1))
+        q = stats.t.ppf(1 - (1 - confidence) / (2 * self.looks), len(a) - 1)
+        return float(q * sd / math.sqrt(len(a)))
+
+    def met(self, values, metric: str) -> bool:
+        return self.halfwidth(values) * points(metric) <= self.ci_halfwidth
+
+
+def points(metric: str) -> float:
+    """Fraction -> percentage points for accuracies; losses keep their units."""
+    return 100.0 if metric.endswith("_acc") else 1.0
+
+
+
 # Approximate on-demand list prices in USD per instance-hour and the GPUs they carry (AWS, us-east-1
 # / us-west-2 as published in 2024-2025): an estimate's order of magnitude, not a quote.
 GPU_INSTANCES = {"g4dn.xlarge": (1, 0.526), "g4dn.2xlarge": (1, 0.752), "g5.xlarge": (1, 1.006),
@@ -125,7 +194,7 @@ def estimate(spec: SweepSpec, cluster: str | Path | None = None) -> list[str]:
         trial_epochs = spec.trial_count() * sum(per_case) / len(per_case)
     else:
         trial_epochs = spec.trial_count() // max(1, len(spec.cases)) * sum(per_case)
-    bound = "at most " if spec.scheduler.type == "asha" else ""
+    bound = "at most " if spec.scheduler.type == "asha" or spec.seeds else ""
     seconds, source = _measured_epoch_seconds(spec)
     if seconds is None and spec.cost.epoch_seconds:
         seconds, source = spec.cost.epoch_seconds, "stated: cost.epoch_seconds"
@@ -161,12 +230,24 @@ def dry_run(spec: SweepSpec) -> str:
     grid = spec.grid_dims()
     sampled = {k: d for k, d in spec.space.items() if d.kind != "grid"}
     combos = list(itertools.product(*grid.values())) or [()]
-    lines = [f"sweep {spec.name}: {spec.trial_count()} trials "
-             f"(search {spec.search}, scheduler {spec.scheduler.type}, metric {spec.metric} "
-             f"{spec.mode}, {spec.resources.cpu:g} CPU + {spec.resources.gpu:g} GPU each) -> "
+    rule = spec.seeds
+    count = (f"{spec.variant_count() * rule.min} to {spec.trial_count()} trials (worst case "
+             f"{spec.trial_count()}: {spec.variant_count()} variants x {rule.max} seeds)"
+             if rule else f"{spec.trial_count()} trials")
+    lines = [f"sweep {spec.name}: {count} "
+             f"(search {spec.search}, scheduler {spec.scheduler.type}, "
+             f"{'metrics' if len(spec.objectives) > 1 else 'metric'} "
+             f"{', '.join(f'{m} {mode}' for m, mode in spec.objectives)}, "
+             f"{spec.resources.cpu:g} CPU + {spec.resources.gpu:g} GPU each) -> "
              f"{spec.experiment_path()}"]
     if spec.base:
         lines.append("base: " + ", ".join(f"{k}={v}" for k, v in spec.base.items()))
+    if rule:
+        unit = "points" if spec.metric.endswith("_acc") else spec.metric
+        lines.append(f"adaptive seeds: each variant below runs seeds 0-{rule.min - 1}; while its 95% CI "
+                     f"half-width of the mean {spec.metric} is above {rule.ci_halfwidth:g} {unit} "
+                     f"(t quantile corrected over {rule.looks} looks), it gets one more seed, up to "
+                     f"{rule.max}")
     n = 0
     for _ in range(spec.num_samples):
         for case, combo in itertools.product(spec.cases or [{}], combos):

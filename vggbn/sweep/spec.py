@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..config import ConfigError, TrialConfig, suggest
-from ..schema import METRICS, SCHEMA_VERSION
-from .space import Dim, dry_run  # noqa: F401  (dry_run: part of this module's API)
+from ..schema import COSTS, METRICS, SCHEMA_VERSION
+from .space import Budget, Cost, Dim, Seeds, dry_run, points  # noqa: F401  (dry_run, points: this module's API)
 
 MAX_TRIALS = 100_000  # a sweep larger than this is a typo (num_samples: 1e9), not a study
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "file")  # experiment.normalize opens these
@@ -35,24 +35,6 @@ class Scheduler(BaseModel):
     grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
     reduction_factor: float = Field(3.0, gt=1.0, description="ASHA keeps 1/reduction_factor per rung")
     max_t: int | None = Field(None, ge=1, description="ASHA's last rung in epochs (default: epochs)")
-
-
-class Budget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    gpu_hours: float | None = Field(None, gt=0, description="no new trial starts once the trials' "
-                                    "GPU-hours (trial time x GPUs per trial) reach this")
-    cpu_hours: float | None = Field(None, gt=0, description="no new trial starts once the trials' "
-                                    "CPU-hours (trial time x CPUs per trial) reach this")
-
-
-class Cost(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    epoch_seconds: float | None = Field(None, gt=0, description="stated time of one epoch of one "
-                                        "trial on its resources, for the dry run's estimate (a "
-                                        "run of this experiment, when there is one, is measured)")
-    usd_per_gpu_hour: float | None = Field(None, ge=0, description="price of a GPU-hour (default: "
-                                           "the on-demand price of cluster.yaml's GPU workers, "
-                                           "where vggbn knows the instance type)")
 
 
 class Resources(BaseModel):
@@ -80,12 +62,15 @@ class SweepSpec(BaseModel):
                       description="experiment directory name: letters, digits, _ . - (not starting "
                                   "with a dot)")
     description: str = Field("", description="what it runs, what it costs, what it should reach")
-    metric: str = "test_acc"
-    mode: Literal["max", "min"] = "max"
+    metric: str | list[str] = Field("test_acc", description="what the search optimises; a list "
+                                    "(e.g. [val_acc, gflops]) for a multi-objective Optuna search")
+    mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
     base: dict[str, Any] = Field(default_factory=dict)
     cases: list[dict[str, Any]] = Field(default_factory=list, description="explicit setups (TrialConfig "
                                         "overrides of base), each crossed with the grid")
     space: dict[str, Dim] = Field(default_factory=dict)
+    seeds: Seeds | None = Field(None, description="adaptive seeds instead of a seed grid: "
+                                "{min: 2, max: 8, ci_halfwidth: 0.5}")
     search: Literal["grid", "random", "optuna"] = "grid"
     seed: int | None = Field(0, description="seed of the random / Optuna TPE sampler")
     num_samples: int = Field(1, ge=1, le=MAX_TRIALS,
@@ -153,24 +138,22 @@ class SweepSpec(BaseModel):
             if self.search == "grid" and dim.kind != "grid":
                 raise ValueError(f"space.{key}: {dim.kind} needs search: random or optuna "
                                  f"(search: grid enumerates grid dimensions only)")
+        if self.seeds is not None:
+            self._check_seeds()
         self._check_distinct_grid_points()
-        if self.metric not in METRICS:
-            raise ValueError(f"metric: {self.metric!r} is not reported by a trial"
-                             f"{suggest(self.metric, METRICS)}; reported: {', '.join(METRICS)}")
-        want = "max" if self.metric.endswith("_acc") else "min"
-        if self.mode != want:
-            raise ValueError(f"mode: {self.metric} should be mode: {want}")
-        if self.metric.startswith("val_"):
-            fracs = ([d.values for k, d in self.space.items() if k == "val_fraction"] or
-                     [[base.val_fraction]])[0]
-            if not all(f and f > 0 for f in fracs):
-                raise ValueError(f"metric: {self.metric} needs a validation split: set "
-                                 f"base.val_fraction (e.g. 0.1)")
-        tunes = self.scheduler.type == "asha" or self.search == "optuna"
-        if tunes and self.metric.startswith("test_"):
-            raise ValueError(f"metric: {self.metric} would tune on the test set (scheduler "
-                             f"{self.scheduler.type}, search {self.search}); use val_acc with "
-                             f"base.val_fraction: 0.1 (model selection never looks at the test set)")
+        self._check_objectives()
+        for metric, _ in self.objectives:
+            if metric.startswith("val_"):
+                fracs = ([d.values for k, d in self.space.items() if k == "val_fraction"] or
+                         [[base.val_fraction]])[0]
+                if not all(f and f > 0 for f in fracs):
+                    raise ValueError(f"metric: {metric} needs a validation split: set "
+                                     f"base.val_fraction (e.g. 0.1)")
+            tunes = self.scheduler.type == "asha" or self.search == "optuna"
+            if tunes and metric.startswith("test_"):
+                raise ValueError(f"metric: {metric} would tune on the test set (scheduler "
+                                 f"{self.scheduler.type}, search {self.search}); use val_acc with "
+                                 f"base.val_fraction: 0.1 (model selection never looks at the test set)")
         if self.scheduler.type == "asha":
             epochs = max(self.trial_epochs())
             max_t = self.scheduler.max_t or epochs
@@ -180,6 +163,61 @@ class SweepSpec(BaseModel):
                 raise ValueError(f"scheduler.grace_period: {self.scheduler.grace_period} is "
                                  f"beyond max_t {max_t}")
         return self
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """(metric, mode) pairs: one, or several for a multi-objective Optuna search."""
+        metrics = [self.metric] if isinstance(self.metric, str) else list(self.metric)
+        modes = [self.mode] * len(metrics) if isinstance(self.mode, str) else list(self.mode)
+        return list(zip(metrics, modes))
+
+    @property
+    def primary_metric(self) -> str:
+        return self.objectives[0][0]
+
+    def _check_objectives(self) -> None:
+        metrics = [self.metric] if isinstance(self.metric, str) else list(self.metric)
+        modes = [self.mode] if isinstance(self.mode, str) else list(self.mode)
+        if not metrics:
+            raise ValueError("metric: empty list; give one metric, or a list for multi-objective search")
+        if len(metrics) > 1 or not isinstance(self.mode, str):
+            if len(modes) != len(metrics):
+                raise ValueError(f"mode: {len(modes)} modes for {len(metrics)} metrics; give one "
+                                 f"mode per metric, e.g. metric: [val_acc, gflops], mode: [max, min]")
+        for m in metrics:
+            if m not in OBJECTIVES:
+                raise ValueError(f"metric: {m!r} is not reported by a trial{suggest(m, OBJECTIVES)}; "
+                                 f"reported: {', '.join(OBJECTIVES)}")
+        for m, mode in self.objectives:
+            want = "max" if m.endswith("_acc") else "min"
+            if mode != want:
+                raise ValueError(f"mode: {m} should be mode: {want}")
+        if len(metrics) > 1:
+            if len(set(metrics)) < len(metrics):
+                raise ValueError(f"metric: {metrics} names a metric twice")
+            if self.search != "optuna":
+                raise ValueError(f"metric: {len(metrics)} objectives need search: optuna (a "
+                                 f"multi-objective TPE search); search {self.search} optimises one")
+            if self.scheduler.type != "fifo":
+                raise ValueError(f"scheduler: {self.scheduler.type} stops trials on one metric, so "
+                                 f"it cannot serve {len(metrics)} objectives ({', '.join(metrics)}); "
+                                 f"use scheduler: {{type: fifo}}, or one metric")
+
+    def _check_seeds(self) -> None:
+        fix = "; adaptive seeds give each variant seeds 0, 1, 2, ..."
+        if "seed" in self.space:
+            raise ValueError("seeds: set with space.seed; use one: seeds (adaptive) or space.seed.grid")
+        if "seed" in self.base or any("seed" in c for c in self.cases):
+            raise ValueError(f"seeds: set with a fixed seed in {'base' if 'seed' in self.base else 'cases'}"
+                             f"; remove that seed{fix}")
+        if self.search != "grid":
+            raise ValueError(f"seeds: adaptive seeds run a grid of variants, not search: {self.search}; "
+                             f"use search: grid")
+        if self.scheduler.type != "fifo":
+            raise ValueError("seeds: adaptive seeds need every seed to finish; use scheduler: {type: fifo} "
+                             "(ASHA belongs to HPO)")
+        if self.num_samples != 1:
+            raise ValueError("num_samples: repeats come from seeds with adaptive seeds; remove num_samples")
 
     def _check_distinct_grid_points(self, limit: int = 20_000) -> None:
         """Two grid points that resolve to one trial config would put one model in the table under
@@ -218,9 +256,15 @@ class SweepSpec(BaseModel):
     def grid_dims(self) -> dict[str, list]:
         return {k: list(d.values) for k, d in self.space.items() if d.kind == "grid"}
 
-    def trial_count(self) -> int:
-        return (math.prod(len(v) for v in self.grid_dims().values()) * self.num_samples
+    def variant_count(self) -> int:
+        """Setups of the grid other than its seeds (the table's rows)."""
+        return (math.prod(len(v) for k, v in self.grid_dims().items() if k != "seed")
                 * max(1, len(self.cases)))
+
+    def trial_count(self) -> int:
+        """Trials of the sweep; with adaptive seeds, the worst case (every variant at `max`)."""
+        seeds = self.seeds.max if self.seeds else len(self.grid_dims().get("seed", [0]))
+        return self.variant_count() * seeds * self.num_samples
 
     def storage_uri(self) -> str:
         return self.storage if "://" in self.storage else str(Path(self.storage).absolute())
@@ -240,6 +284,7 @@ class SweepSpec(BaseModel):
 
 
 CASE_KEY = "_case"
+OBJECTIVES = METRICS + COSTS
 
 
 def storage_problem(uri: str) -> str | None:

@@ -123,6 +123,7 @@ def vggbn_trial(config: dict[str, Any], experiment: str, checkpoint_every: int =
     import torch
     from ray import tune
 
+    from ..models import model_cost
     from ..provenance import provenance
     from ..train import fit, resolve_device
 
@@ -148,9 +149,11 @@ def vggbn_trial(config: dict[str, Any], experiment: str, checkpoint_every: int =
     _cap_host_memory(int(resources.get("memory", 0)) if device.type == "cpu" else 0)
     meta = {"provenance": provenance(device), "config": stored}
     node_id = ray.get_runtime_context().get_node_id()
+    gflops, params = model_cost(cfg)  # reported with every epoch: search objectives ("gflops")
 
     def on_epoch(metrics: dict, state: dict) -> None:
-        metrics = {**metrics, "node_id": node_id}  # which node ran each epoch (spot losses show)
+        # which node ran each epoch (spot losses show); the costs, so a search can minimise them
+        metrics = {**metrics, "node_id": node_id, "gflops": gflops, "params": params}
         last = metrics["epoch"] >= cfg.epochs or metrics["diverged"]
         if metrics["epoch"] % checkpoint_every and not last:
             tune.report(metrics)

@@ -1,0 +1,198 @@
+"""Searchers: the grid plan (fixed or adaptive seeds, extendable) and Optuna.
+
+A grid sweep runs through `PlanSearch`, a Ray Tune Searcher (public API), not Ray's own grid
+generator, for two reasons:
+- adaptive seeds (`seeds: {min, max, ci_halfwidth}`): every variant starts with `min` seeds; when
+  all its seeds have finished and its corrected 95% CI half-width (spec.Seeds) is still above the
+  target, it gets one more seed, up to `max`. Each variant goes on by itself (no barrier), and the
+  rule reads only that variant's own values, never which variant is winning;
+- `vggbn extend`: the plan is re-read from the experiment's spec.yaml whenever the searcher is
+  restored, so seeds or variants added to the spec join the same experiment on resume.
+
+Its state (which trial is which variant and seed, what each gave) is saved with Ray's experiment
+snapshot through `save`/`restore`, so the plan survives a killed driver and `vggbn resume`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+from ray.tune.search import SearchGenerator, Searcher
+
+from ..config import ConfigError, TrialConfig
+from .spec import CASE_KEY, SweepSpec, flat_config
+
+RUNNING, DONE, FAILED, NOT_STARTED = "running", "done", "failed", "not started"
+
+
+def variants(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The grid's setups other than the seed, as Ray config fragments (a case under CASE_KEY)."""
+    grid = {k: v for k, v in spec.grid_dims().items() if k != "seed"}
+    out = []
+    for case, combo in itertools.product(spec.cases or [None], itertools.product(*grid.values())):
+        v = dict(zip(grid, combo))
+        if case is not None:
+            v[CASE_KEY] = dict(case)
+        out.append(v)
+    return out
+
+
+def _epochs(config: dict) -> int:
+    """The epochs a completed trial of this config reaches (0 for a config that will error: its
+    trial fails alone, as `vggbn_trial` reports)."""
+    try:
+        return TrialConfig.from_flat(flat_config(config)).epochs
+    except ConfigError:
+        return 0
+
+
+def _key(variant: dict) -> str:
+    return json.dumps(variant, sort_keys=True, default=str)
+
+
+class PlanSearch(Searcher):
+    """The trials of a grid sweep: every variant x its seeds (fixed, or adaptive)."""
+
+    def __init__(self, spec: SweepSpec, experiment: str):
+        super().__init__(metric=spec.metric, mode=spec.mode)
+        self.experiment = experiment
+        self.trials: dict[str, dict] = {}  # trial_id -> {key, seed, state, value}
+        self.queue: list[tuple[str, Any]] = []  # (variant key, seed) not yet suggested
+        self.closed: dict[str, str] = {}  # adaptive: variant key -> why it has no more seeds
+        self._load_plan(spec)
+        self._plan_missing()
+
+    # ------------------------------------------------------------------ the plan
+    def _load_plan(self, spec: SweepSpec) -> None:
+        self.metric_name, self.rule = spec.metric, spec.seeds
+        self.variants = {_key(v): v for v in variants(spec)}
+        self.epochs = {k: _epochs({**spec.base, **v}) for k, v in self.variants.items()}
+        seeds = spec.grid_dims().get("seed")
+        # fixed plans: each variant's seeds, repeats (num_samples) included; None = base's seed
+        self.wanted = None if self.rule else ((seeds or [None]) * spec.num_samples)
+
+    def _launched(self, key: str) -> list:
+        return ([t["seed"] for t in self.trials.values() if t["key"] == key]
+                + [s for k, s in self.queue if k == key])
+
+    def _plan_missing(self) -> None:
+        """Queue what the plan wants and no trial or queue entry holds yet (repeat-major,
+        seed-major, so that every variant starts before any gets its second seed)."""
+        todo = []
+        for key in self.variants:
+            have = self._launched(key)
+            if self.rule is None:
+                want = list(self.wanted)
+                for s in have:
+                    if s in want:
+                        want.remove(s)
+                todo += [(i, key, s) for i, s in enumerate(want)]
+            else:
+                nxt = max([s for s in have if s is not None] + [-1]) + 1
+                todo += [(i, key, nxt + i) for i in range(self.rule.min - len(have))]
+        self.queue += [(k, s) for _, k, s in sorted(todo, key=lambda t: t[0])]
+
+    def _decide(self, key: str) -> None:
+        """Adaptive: once a variant has nothing running or queued, close it or add one seed."""
+        if self.rule is None or self.variants.get(key) is None:
+            return
+        mine = [t for t in self.trials.values() if t["key"] == key]
+        if any(t["state"] == RUNNING for t in mine) or any(k == key for k, _ in self.queue):
+            return
+        if len(mine) < self.rule.min:
+            return self._plan_missing()
+        values = [t["value"] for t in mine if t["state"] == DONE]
+        self.closed.pop(key, None)
+        if any(t["state"] == NOT_STARTED for t in mine):
+            self.closed[key] = "budget reached"
+        elif self.rule.met(values, self.metric_name):
+            self.closed[key] = "target met"
+        elif len(mine) >= self.rule.max:
+            self.closed[key] = "max seeds"
+        else:
+            self.queue.append((key, max(t["seed"] for t in mine) + 1))
+
+    def is_done(self) -> bool:
+        if self.queue or any(t["state"] == RUNNING for t in self.trials.values()):
+            return False
+        return self.rule is None or all(k in self.closed for k in self.variants)
+
+    # ------------------------------------------------------------------ Searcher API
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the plan comes from the spec; metric and mode were set at construction
+
+    def suggest(self, trial_id: str):
+        if not self.queue:
+            return Searcher.FINISHED if self.is_done() else None
+        key, seed = self.queue.pop(0)
+        self.trials[trial_id] = {"key": key, "seed": seed, "state": RUNNING, "value": None}
+        return {**self.variants[key], **({"seed": seed} if seed is not None else {})}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        t = self.trials.get(trial_id)
+        if t is None:
+            return
+        value = (result or {}).get(self.metric_name)
+        finished = (not error and result is not None and value is not None and value == value
+                    and not result.get("diverged") and result.get("epoch", 0) >= self.epochs.get(t["key"], 0))
+        # a trial stopped while pending (the budget) completes with no result at all
+        t.update(state=DONE if finished else NOT_STARTED if result is None and not error else FAILED,
+                 value=float(value) if finished else None)
+        self._decide(t["key"])
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as f:
+            json.dump({"trials": self.trials, "queue": self.queue, "closed": self.closed}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """The saved state, then the plan of the experiment's spec as it is now (`vggbn extend`
+        may have added seeds or variants): what it adds is queued, adaptive variants re-decided."""
+        from .experiment import Experiment
+
+        with open(checkpoint_path) as f:
+            state = json.load(f)
+        self.trials, self.closed = state["trials"], state["closed"]
+        self.queue = [tuple(q) for q in state["queue"]]
+        self._load_plan(Experiment(self.experiment).spec())
+        self._plan_missing()
+        for key in self.variants:
+            self._decide(key)
+
+
+class PlanGenerator(SearchGenerator):
+    """Ray's SearchGenerator, finished when the plan is (not when a restored counter says so: a
+    study extended after it finished must start again)."""
+
+    def is_finished(self) -> bool:
+        plan = self.searcher
+        while not isinstance(plan, PlanSearch):  # under a ConcurrencyLimiter
+            plan = plan.searcher
+        return plan.is_done()
+
+
+def build(spec: SweepSpec, experiment: str):
+    """(search_alg, param_space, num_samples) for the Tuner."""
+    if spec.search == "grid":
+        param_space = {k: v for k, v in spec.param_space().items()
+                       if k not in spec.grid_dims() and k != CASE_KEY}
+        searcher = PlanSearch(spec, experiment)
+        if spec.max_concurrent:  # Ray applies max_concurrent_trials to a Searcher, not a generator
+            from ray.tune.search import ConcurrencyLimiter
+
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
+        return PlanGenerator(searcher), param_space, spec.trial_count()
+    if spec.search == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        sampler = optuna.samplers.TPESampler(seed=spec.seed)  # multi-objective too (MOTPE)
+        if len(spec.objectives) == 1:
+            return OptunaSearch(sampler=sampler), spec.param_space(), spec.num_samples
+        metrics, modes = zip(*spec.objectives)
+        return (OptunaSearch(space=None, metric=list(metrics), mode=list(modes), sampler=sampler),
+                spec.param_space(), spec.num_samples)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=spec.seed), spec.param_space(), spec.num_samples
