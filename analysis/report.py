@@ -199,6 +199,8 @@ def _seeds_section(results) -> list[str]:
         spec = SweepSpec.model_validate(raw, context={"stored": True})
         rule, metric = spec.seeds, spec.primary_metric
         t = results.trials[results.trials["sweep"] == spec.name]
+        if t.empty:
+            continue
         unit = "points" if metric.endswith("_acc") else metric
         md += [f"## Seeds: {spec.name} (adaptive)", "",
                f"Each variant started with {rule.min} seeds and got one more while the 95% CI "
@@ -207,7 +209,8 @@ def _seeds_section(results) -> list[str]:
                f"(Bonferroni over the {rule.looks} possible looks), so the interval covers the mean "
                f"with probability ≥ 95% whichever look stopped; the comparison table's 95% CI "
                f"column is the plain t interval.", "",
-               f"| variant | seeds | completed | mean % | corrected 95% CI | half-width ({unit}) | target |",
+               f"| variant | seeds | completed | mean{' %' if metric.endswith('_acc') else ''} | corrected 95% CI | "
+               f"half-width ({unit}) | target |",
                "|---|---:|---:|---:|---|---:|---|"]
         spent = fixed = 0.0
         for _, g in t.groupby("variant", sort=False):

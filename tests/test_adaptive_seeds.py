@@ -158,3 +158,31 @@ def test_adaptive_sweep_on_synthetic_data_then_extend(tmp_path):
         f.unlink()
     bad = vggbn("extend", old, "--set", "seeds.max=6")
     assert bad.returncode == 2 and "no vggbn plan state" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_plan_agrees_with_rays_trials_after_a_crash():
+    """Ray saves its trials and the plan in two files: after a killed driver either may be newer.
+    A trial the plan suggested after Ray's snapshot is queued again; a trial Ray has and the plan
+    lost takes its (variant, seed) off the queue; an errored trial Ray re-runs is running again."""
+    from types import SimpleNamespace as Ray  # the attributes of ray.tune.experiment.Trial it reads
+
+    plan = PlanSearch(spec(), "unused")
+    a, b = plan.suggest("a"), plan.suggest("b")
+    plan.on_trial_complete("a", None, error=True)
+    # Ray's snapshot: "a" (errored, reset to PENDING by resume) and "x", which the plan never saved
+    # (it holds the queue's next entry); "b" was suggested after the snapshot
+    nxt = plan.queue[0]
+    x_cfg = {**json.loads(nxt[0]), "seed": nxt[1]}
+    plan.sync([Ray(trial_id="a", config=a, status="PENDING", last_result={}),
+               Ray(trial_id="x", config=x_cfg, status="TERMINATED",
+                   last_result={"test_acc": 0.9, "epoch": 2})])
+    assert plan.trials["a"]["state"] == "running" and "b" not in plan.trials
+    assert plan.queue[0] == (json.dumps({"bn": b["bn"]}), b["seed"])
+    assert nxt not in plan.queue and plan.trials["x"]["value"] == 0.9
+
+
+def test_max_concurrent_is_kept_by_the_plan():
+    plan = PlanSearch(spec(max_concurrent=1), "unused")
+    assert plan.suggest("a") is not None and plan.suggest("b") is None
+    plan.on_trial_complete("a", {"test_acc": 0.9, "epoch": 2})
+    assert plan.suggest("b") is not None

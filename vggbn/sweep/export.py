@@ -127,7 +127,7 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
                **{("final_lr" if m == "lr" else m): last.get(m) for m in EPOCH_METRICS},
                "epochs_run": int(len(df)),
                "best_epoch": best.get("epoch"), "best_test_acc": best.get("test_acc"),
-               "best_val_acc": best.get("val_acc"), "params": meta.get("params"),
+               "best_val_acc": best.get("val_acc"), "params": meta.get("params", lr_.get("params")),
                "gflops": lr_.get("gflops"),  # as the trial reported it (FlopCounterMode, batch 1)
                "wall_time_s": lr_.get("time_total_s"), "node": lr_.get("node_ip"),
                "hostname": lr_.get("hostname"), "node_id": lr_.get("node_id"),

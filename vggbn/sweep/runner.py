@@ -7,6 +7,7 @@ in `_wait_for_final_upload`, Ray's background upload thread found by the qualnam
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -133,7 +134,8 @@ def build_tuner(spec: SweepSpec, exp: Experiment | None = None):
 
     exp = exp or Experiment(spec.experiment_path())
     scheduler, callbacks = schedulers.build(spec)
-    search_alg, param_space, num_samples = search.build(spec, exp.uri)
+    search_alg, param_space, num_samples, plan_callbacks = search.build(spec, exp.uri)
+    callbacks = callbacks + plan_callbacks
     single = len(spec.objectives) == 1 or None  # several objectives: the searcher holds them
     storage_path, storage_fs = exp.ray_storage()  # object storage: the URI's filesystem + plain path
     return tune.Tuner(
@@ -174,9 +176,27 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, prepare: bool = Tr
         exp.release_claim()
         raise
     t0 = time.time()
-    tuner.fit()
+    with _plan_env(spec):
+        tuner.fit()
     _wait_for_final_upload()
     return export(exp.uri, wall_time_s=time.time() - t0)
+
+
+@contextlib.contextmanager
+def _plan_env(spec: SweepSpec, experiment: str | None = None):
+    """For the Tuner's run: how many grid trials Ray keeps pending (search.pending_trials), and on
+    resume where the experiment is now (the plan searcher re-reads its spec.yaml from there; the
+    copy pickled at the start names where it was)."""
+    from .search import PLAN_SPEC_ENV, pending_trials
+
+    env = {"TUNE_MAX_PENDING_TRIALS_PG": pending_trials(spec), PLAN_SPEC_ENV: experiment}
+    env = {k: v for k, v in env.items() if v}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
 
 
 def resume_sweep(path: str, *, address: str | None = None) -> dict:
@@ -204,25 +224,37 @@ def resume_sweep(path: str, *, address: str | None = None) -> dict:
                               f"({type(e).__name__}: {' '.join(str(e).split())[:300]}).\nFix: finish it "
                               f"with the vggbn release that started it, or `vggbn export` what it "
                               f"has") from None
-    tuner.fit()
+    with _plan_env(spec, exp.uri):
+        tuner.fit()
     _wait_for_final_upload()
     return export(exp.uri, wall_time_s=time.time() - t0)
 
 
-EXTENDABLE = ("space", "cases", "seeds", "num_samples", "description", "resources", "max_concurrent",
-              "max_failures", "budget", "cost", "keep_checkpoints")
+# what `extend` may change: the plan (the searcher re-reads it) and words. The scheduler, its
+# budget, the retries and the resources come back from Ray's tuner.pkl as they were started (and a
+# variant's new seeds on another device would not be its old ones), so they stay.
+EXTENDABLE = ("space", "cases", "seeds", "num_samples", "description", "cost")
 
 
 def _extension_problems(old: SweepSpec, new: SweepSpec) -> list[str]:
     """What in `new` is not an extension of `old` (the finished trials must stay what they are)."""
     a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
-    out = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k not in EXTENDABLE + ("storage", "schema_version")
-           and a[k] != b[k]]
+    out = []
+    for k in a:
+        if k in EXTENDABLE + ("storage", "schema_version") or a[k] == b[k]:
+            continue
+        if isinstance(a[k], dict) and isinstance(b[k], dict):
+            out += [f"{k}.{sub}: {a[k].get(sub)!r} -> {b[k].get(sub)!r}" for sub in {*a[k], *b[k]}
+                    if a[k].get(sub) != b[k].get(sub)]
+        else:
+            out.append(f"{k}: {a[k]!r} -> {b[k]!r}")
     if set(old.space) != set(new.space):
         out.append(f"space: keys {sorted(old.space)} -> {sorted(new.space)} (a new swept key would change "
                    f"what the finished trials are)")
     for k in set(old.space) & set(new.space):
-        gone = [v for v in old.space[k].values if v not in new.space[k].values]
+        # 1 and 1.0 are equal, but name different variants in the plan: compare the type too
+        gone = [v for v in old.space[k].values
+                if not any(v == w and type(v) is type(w) for w in new.space[k].values)]
         if old.space[k].kind != new.space[k].kind or gone:
             out.append(f"space.{k}: {old.space[k].describe()} -> {new.space[k].describe()} (values can "
                        f"be added, not removed)")
@@ -265,10 +297,9 @@ def extend_sweep(path: str, overrides: dict[str, Any], *, address: str | None = 
     if problems:
         raise SweepSpecError(f"{exp.uri}: extend adds seeds or variants and keeps what ran; this "
                              f"changes {'; '.join(problems)}.\nFix: --set only space.KEY.grid (adding "
-                             f"values), cases, seeds.max / seeds.ci_halfwidth, num_samples; for another "
-                             f"setup run a new sweep")
-    if new.model_dump() == old.model_dump():
-        raise SweepSpecError(f"{exp.uri}: the --set values change nothing.\nFix: e.g. --set "
-                             f"space.seed.grid=[0,1,2,3] or --set seeds.max=8")
-    exp.write_spec(new.model_copy(update={"storage": exp.storage}))
+                             f"values), cases, seeds.max / seeds.ci_halfwidth, num_samples, cost; for "
+                             f"another setup (or other resources, budget, retries) run a new sweep")
+    if new.model_dump() != old.model_dump():
+        exp.write_spec(new.model_copy(update={"storage": exp.storage}))
+    # already extended (a resume that failed after the spec was written): this finishes it
     return resume_sweep(exp.uri, address=address)

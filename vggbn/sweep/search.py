@@ -10,7 +10,11 @@ generator, for two reasons:
   restored, so seeds or variants added to the spec join the same experiment on resume.
 
 Its state (which trial is which variant and seed, what each gave) is saved with Ray's experiment
-snapshot through `save`/`restore`, so the plan survives a killed driver and `vggbn resume`.
+snapshot through `save`/`restore`, so the plan survives a killed driver and `vggbn resume`. Ray
+writes that state and its trial list as two files, so after a crash either may be the newer one:
+`PlanSync`, a Tune Callback, makes the plan agree with Ray's restored trials before the first step.
+`max_concurrent` is kept here (Ray's ConcurrencyLimiter would drop the result of an errored trial
+that a resume re-runs).
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import itertools
 import json
 from typing import Any
 
+from ray.tune import Callback
 from ray.tune.search import SearchGenerator, Searcher
 
 from ..config import ConfigError, TrialConfig
 from .spec import CASE_KEY, SweepSpec, flat_config
 
 RUNNING, DONE, FAILED, NOT_STARTED = "running", "done", "failed", "not started"
+PLAN_SPEC_ENV = "VGGBN_PLAN_EXPERIMENT"  # set by resume: where the experiment (its spec.yaml) is now
 
 
 def variants(spec: SweepSpec) -> list[dict[str, Any]]:
@@ -58,6 +64,7 @@ class PlanSearch(Searcher):
     def __init__(self, spec: SweepSpec, experiment: str):
         super().__init__(metric=spec.metric, mode=spec.mode)
         self.experiment = experiment
+        self.max_concurrent = spec.max_concurrent  # 0: as resources allow
         self.trials: dict[str, dict] = {}  # trial_id -> {key, seed, state, value}
         self.queue: list[tuple[str, Any]] = []  # (variant key, seed) not yet suggested
         self.closed: dict[str, str] = {}  # adaptive: variant key -> why it has no more seeds
@@ -67,6 +74,8 @@ class PlanSearch(Searcher):
     # ------------------------------------------------------------------ the plan
     def _load_plan(self, spec: SweepSpec) -> None:
         self.metric_name, self.rule = spec.metric, spec.seeds
+        self.dims = [k for k in spec.grid_dims() if k != "seed"] + ([CASE_KEY] if spec.cases else [])
+        self.seeded = bool(self.rule) or "seed" in spec.grid_dims()
         self.variants = {_key(v): v for v in variants(spec)}
         self.epochs = {k: _epochs({**spec.base, **v}) for k, v in self.variants.items()}
         seeds = spec.grid_dims().get("seed")
@@ -123,9 +132,15 @@ class PlanSearch(Searcher):
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the plan comes from the spec; metric and mode were set at construction
 
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        return True  # the spec's max_concurrent is applied in suggest
+
     def suggest(self, trial_id: str):
         if not self.queue:
             return Searcher.FINISHED if self.is_done() else None
+        running = sum(t["state"] == RUNNING for t in self.trials.values())
+        if self.max_concurrent and running >= self.max_concurrent:
+            return None
         key, seed = self.queue.pop(0)
         self.trials[trial_id] = {"key": key, "seed": seed, "state": RUNNING, "value": None}
         return {**self.variants[key], **({"seed": seed} if seed is not None else {})}
@@ -142,6 +157,38 @@ class PlanSearch(Searcher):
                  value=float(value) if finished else None)
         self._decide(t["key"])
 
+    def sync(self, trials) -> None:
+        """Agree with Ray's restored trials: a trial the plan suggested after Ray's last snapshot
+        goes back to the queue; a trial Ray has and the plan lost is matched to its variant and seed
+        (and leaves the queue); a trial Ray will run again (an errored one on resume) is running."""
+        import os
+
+        from ray.tune.experiment import Trial
+
+        ray_ids = {t.trial_id for t in trials}
+        for tid, rec in list(self.trials.items()):
+            if rec["state"] == RUNNING and tid not in ray_ids:
+                del self.trials[tid]
+                self.queue.insert(0, (rec["key"], rec["seed"]))
+        live = (Trial.PENDING, Trial.RUNNING, Trial.PAUSED)
+        for t in trials:
+            rec = self.trials.get(t.trial_id)
+            if rec is None:
+                key = _key({k: t.config[k] for k in self.dims if k in t.config})
+                seed = t.config.get("seed") if self.seeded else None
+                if key not in self.variants:
+                    continue  # not this plan's trial (should not happen)
+                if (key, seed) in self.queue:
+                    self.queue.remove((key, seed))
+                rec = self.trials[t.trial_id] = {"key": key, "seed": seed, "state": RUNNING, "value": None}
+                if t.status not in live:
+                    self.on_trial_complete(t.trial_id, t.last_result or {}, error=t.status == Trial.ERROR)
+            elif t.status in live:
+                rec.update(state=RUNNING, value=None)
+        os.environ.pop(PLAN_SPEC_ENV, None)
+        for key in self.variants:
+            self._decide(key)
+
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "w") as f:
             json.dump({"trials": self.trials, "queue": self.queue, "closed": self.closed}, f)
@@ -155,10 +202,27 @@ class PlanSearch(Searcher):
             state = json.load(f)
         self.trials, self.closed = state["trials"], state["closed"]
         self.queue = [tuple(q) for q in state["queue"]]
+        import os
+
+        self.experiment = os.environ.get(PLAN_SPEC_ENV) or self.experiment  # it may have moved
         self._load_plan(Experiment(self.experiment).spec())
         self._plan_missing()
         for key in self.variants:
             self._decide(key)
+
+
+class PlanSync(Callback):
+    """Before the first step of a run, `PlanSearch.sync` with Ray's trials (see the module's
+    docstring). Pickled with the searcher into tuner.pkl, so it holds the very searcher Ray restores;
+    it saves no state, so every restored run syncs once."""
+
+    def __init__(self, plan: PlanSearch):
+        self.plan, self.synced = plan, False
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if not self.synced:
+            self.synced = True
+            self.plan.sync(trials)
 
 
 class PlanGenerator(SearchGenerator):
@@ -166,33 +230,39 @@ class PlanGenerator(SearchGenerator):
     study extended after it finished must start again)."""
 
     def is_finished(self) -> bool:
-        plan = self.searcher
-        while not isinstance(plan, PlanSearch):  # under a ConcurrencyLimiter
-            plan = plan.searcher
-        return plan.is_done()
+        return self.searcher.is_done()
 
 
 def build(spec: SweepSpec, experiment: str):
-    """(search_alg, param_space, num_samples) for the Tuner."""
+    """(search_alg, param_space, num_samples, callbacks) for the Tuner."""
     if spec.search == "grid":
         param_space = {k: v for k, v in spec.param_space().items()
                        if k not in spec.grid_dims() and k != CASE_KEY}
-        searcher = PlanSearch(spec, experiment)
-        if spec.max_concurrent:  # Ray applies max_concurrent_trials to a Searcher, not a generator
-            from ray.tune.search import ConcurrencyLimiter
-
-            searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
-        return PlanGenerator(searcher), param_space, spec.trial_count()
+        plan = PlanSearch(spec, experiment)
+        return PlanGenerator(plan), param_space, spec.trial_count(), [PlanSync(plan)]
     if spec.search == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
         sampler = optuna.samplers.TPESampler(seed=spec.seed)  # multi-objective too (MOTPE)
         if len(spec.objectives) == 1:
-            return OptunaSearch(sampler=sampler), spec.param_space(), spec.num_samples
+            return OptunaSearch(sampler=sampler), spec.param_space(), spec.num_samples, []
         metrics, modes = zip(*spec.objectives)
         return (OptunaSearch(space=None, metric=list(metrics), mode=list(modes), sampler=sampler),
-                spec.param_space(), spec.num_samples)
+                spec.param_space(), spec.num_samples, [])
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=spec.seed), spec.param_space(), spec.num_samples
+    return BasicVariantGenerator(random_state=spec.seed), spec.param_space(), spec.num_samples, []
+
+
+def pending_trials(spec: SweepSpec) -> str | None:
+    """TUNE_MAX_PENDING_TRIALS_PG for a grid sweep. Ray keeps one trial pending for any searcher
+    but its own grid generator (200+ for that), so an autoscaling cluster would be asked for one
+    node at a time; None: leave Ray's choice (a user's setting, or not a grid)."""
+    import os
+
+    if spec.search != "grid" or "TUNE_MAX_PENDING_TRIALS_PG" in os.environ:
+        return None
+    import ray
+
+    return str(spec.max_concurrent or max(200, int(ray.cluster_resources().get("CPU", 1.0) * 1.1)))

@@ -85,6 +85,19 @@ class SweepSpec(BaseModel):
     checkpoint_every: int = Field(1, ge=1, description="epochs between trial checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="most recent checkpoints kept per trial")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_objective_is_a_name(cls, raw):
+        """metric: [val_acc] is metric: val_acc (Ray takes a one-element list for two objectives)."""
+        if isinstance(raw, dict):
+            for k in ("metric", "mode"):
+                if isinstance(raw.get(k), list) and len(raw[k]) == 1:
+                    raw = {**raw, k: raw[k][0]}
+            if isinstance(raw.get("mode"), list) and isinstance(raw.get("metric", "test_acc"), str):
+                raise ValueError(f"mode: a list {raw['mode']} for one metric; give one mode, e.g. "
+                                 f"mode: max")
+        return raw
+
     @field_validator("storage")
     @classmethod
     def _storage(cls, v: str) -> str:
