@@ -119,7 +119,8 @@ def _conclusions(tab, info, effects: dict, smooth: str | None) -> list[str]:
         base = tab[tab["baseline"]]
         n_base = int(base["n"].iloc[0]) if len(base) else 0
         md.append(f"- Against the baseline **{info['baseline_label']}** ({n_base} completed seeds), after "
-                  f"Holm's correction over the {info['family']} variants tested (test accuracy, points):"
+                  f"Holm's correction over the {info['family']} variant{'s' * (info['family'] != 1)} "
+                  f"tested (test accuracy, points):"
                   if info["family"] else f"- No variant could be tested against the baseline "
                   f"**{info['baseline_label']}** ({n_base} completed seeds):")
         sig = rest[rest["significant"] == True]  # noqa: E712  (None: not tested)

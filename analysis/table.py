@@ -126,7 +126,7 @@ def comparison_table(trials: pd.DataFrame, epochs: pd.DataFrame, baseline: str |
             "baseline": is_base,
             "params": int(sel["params"].dropna().iloc[0]) if sel["params"].notna().any() else None,
             "gflops": gflops(v.to_dict()),
-            "images_per_s": float(np.nanmean(last_ips)) if last_ips else math.nan,
+            "images_per_s": float(pd.Series(last_ips, dtype=float).mean()),  # NaN, silently, when none
             "epochs_to_target": float(np.mean(reach_e)) if reach_e else math.nan,
             "reached": f"{len(reach_e)}/{len(accs)}",
             "seconds_to_target": float(np.mean(reach_s)) if reach_s else math.nan,
