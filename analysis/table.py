@@ -250,6 +250,11 @@ def to_markdown(table: pd.DataFrame, info: dict) -> str:
              f"baseline's mean final {info['metric']}): mean over the seeds that reached it "
              f"(reached/seeds). GFLOPs: one forward pass, batch 1 (FlopCounterMode). Study: the "
              f"original study's single run with its own recipe.")
+    if info.get("adaptive"):
+        notes += (f" Adaptive seeds ({info['adaptive']}): the 95% CI of those variants is the "
+                  f"corrected one their stopping rule reports (t quantile over the possible looks; "
+                  f"see Seeds), which keeps its coverage although the number of seeds depended on "
+                  f"the spread.")
     if "Best-epoch test % (seed recipe)" in cols:
         notes += (" Best-epoch: each `seed`-recipe run's highest test accuracy over its epochs, "
                   "the statistic the study reported (its \"val\" loader was the test set); choosing "

@@ -138,6 +138,11 @@ def test_adaptive_sweep_on_synthetic_data_then_extend(tmp_path):
     assert rep.returncode == 0, rep.stderr[-2000:]
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Seeds: smoke (adaptive)" in md and "Trial-epochs spent" in md
+    tab = pd.read_csv(tmp_path / "rep" / "table.csv")
+    for _, row in tab.iterrows():  # the table reports the corrected interval, not the plain t one
+        vals = t.loc[t["bn"] == (row["variant"] == "bn=True"), "test_acc"]
+        hw = rule.halfwidth(vals)
+        assert row["ci_low"] == pytest.approx(vals.mean() - hw) and row["ci_high"] == pytest.approx(vals.mean() + hw)
 
     before = t.set_index("trial_id")["test_acc"]
     r = vggbn("extend", tmp_path / "smoke", "--set", "seeds.max=5")
