@@ -10,7 +10,7 @@ import pandas as pd
 from vggbn import storage
 from vggbn.files import write_atomic
 
-from . import plots, smoothness, stats, table, tradeoffs
+from . import hpo, plots, smoothness, stats, table, tradeoffs
 from .results import load, swept_keys
 
 
@@ -319,6 +319,7 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
     md += _seeds_section(results)
     md += _effects_section(effects, info["metric"])
     md += tradeoffs.report_sections(results, tab, info, figs, rel)
+    md += hpo.report_sections(results, figs, rel)
     fig = plots.save(plots.learning_curves(trials, results.epochs), figs / "learning_curves.png")
     md += ["## Learning curves", "", f"![learning curves]({rel(fig)})", ""]
     swept = swept_keys(trials)
@@ -342,8 +343,8 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
         if spec.get("search") in ("optuna", "random") or (spec.get("scheduler") or {}).get("type") == "asha":
             params = [k for k in (spec.get("space") or {}) if k != "seed"]
             t = trials[trials["sweep"] == spec.get("name")]
-            metric, mode = tradeoffs.objectives(spec)[0]
-            fig = plots.save(plots.hpo_progress(t, tradeoffs.metric_column(t, metric), mode, params),
+            metric, mode = hpo.objectives(spec)[0]
+            fig = plots.save(plots.hpo_progress(t, hpo.metric_column(t, metric), mode, params),
                              figs / f"hpo_{spec.get('name')}.png")
             md += [f"## Search: {spec.get('name')}", "", f"![search progress]({rel(fig)})", ""]
     for title, png, caption in optimization_figures(results, figs):

@@ -8,7 +8,7 @@ import pytest
 from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.container import ErrorbarContainer
 
-from analysis import plots, tradeoffs
+from analysis import hpo, plots, tradeoffs
 from analysis.results import Results, label_variants
 
 NAN = math.nan
@@ -65,16 +65,16 @@ SPEC = {"name": "hpo", "search": "optuna", "metric": ["val_acc", "gflops"], "mod
 
 
 def test_importance_ranks_the_parameter_the_metric_depends_on():
-    imp = tradeoffs.importance(_hpo_trials(), SPEC)
+    imp = hpo.importance(_hpo_trials(), SPEC)
     assert list(imp.columns) == ["val_acc", "gflops"] and set(imp.index) == {"lr", "dropout", "width"}
     assert imp.index[0] == "lr" and imp.loc["lr", "val_acc"] > 2 * imp.loc["dropout", "val_acc"]
     assert imp["val_acc"].sum() == pytest.approx(1.0)
     assert imp["gflops"].idxmax() == "width"  # gflops is width's alone
     # not computable: the reason, not an exception
-    assert "at least 2" in tradeoffs.importance(_hpo_trials(), {**SPEC, "space": {"lr": SPEC["space"]["lr"]}})
-    assert "at least 10" in tradeoffs.importance(_hpo_trials(5), SPEC)
+    assert "at least 2" in hpo.importance(_hpo_trials(), {**SPEC, "space": {"lr": SPEC["space"]["lr"]}})
+    assert "at least 10" in hpo.importance(_hpo_trials(5), SPEC)
     errored = _hpo_trials().assign(status="errored")
-    assert isinstance(tradeoffs.importance(errored, SPEC), str)
+    assert isinstance(hpo.importance(errored, SPEC), str)
 
 
 def test_pareto_trials_of_a_multi_objective_search():
@@ -82,10 +82,10 @@ def test_pareto_trials_of_a_multi_objective_search():
                                                              "early_stopped", "errored"],
                       "val_acc": [0.8, 0.9, 0.85, 0.7, 0.99], "best_val_acc": [0.82, 0.9, 0.8, 0.75, 0.99],
                       "gflops": [0.3, 1.2, 1.2, 0.1, 0.1]})
-    front = tradeoffs.pareto_trials(t, ["val_acc", "gflops"], ["max", "min"])
+    front = hpo.pareto_trials(t, ["val_acc", "gflops"], ["max", "min"])
     # best_val_acc is used; c is dominated by b; the errored trial counts for nothing
     assert front["trial_id"].tolist() == ["b", "a", "d"]
-    assert tradeoffs.objectives({"metric": "val_acc", "mode": "max"}) == [("val_acc", "max")]
+    assert hpo.objectives({"metric": "val_acc", "mode": "max"}) == [("val_acc", "max")]
 
 
 def _ablation_trials():
@@ -125,7 +125,7 @@ def test_accuracy_dots_every_seed_full_axis_unclipped_cis():
 def test_parallel_coordinates_one_line_per_finished_trial():
     t = _hpo_trials(12)
     t.loc[0, "status"] = "errored"
-    fig = tradeoffs.parallel_coordinates(t, SPEC)
+    fig = hpo.parallel_coordinates(t, SPEC)
     lc = next(c for c in fig.axes[0].collections if isinstance(c, LineCollection))
     segs = lc.get_segments()
     assert len(segs) == 11 and len(segs[0]) == 5  # 3 params + 2 objectives
@@ -139,15 +139,17 @@ def test_report_sections_headings_and_pngs(tmp_path):
                       specs=[{"spec": {"name": "abl", "search": "grid", "space": {}}}, {"spec": SPEC}])
     rel = lambda p: p.relative_to(tmp_path).as_posix()  # noqa: E731
     md = "\n".join(tradeoffs.report_sections(results, _table(), {"target": 0.7, "metric": "test_acc"},
-                                             figs, rel))
+                                             figs, rel) + hpo.report_sections(results, figs, rel))
     assert "## Cost trade-offs" in md and "## Search insight: hpo" in md and "## Search insight: abl" not in md
     assert "| lr |" in md and "Pareto trials" in md
     for png in ("pareto.png", "hpo_hpo_parallel.png"):
         assert (figs / png).read_bytes()[:4] == b"\x89PNG" and f"](figures/{png})" in md
     # one variant and a small search: no trade-off section, importance explained not computed
     small = Results(trials=_hpo_trials(4), epochs=pd.DataFrame(), steps=None, specs=[{"spec": SPEC}])
-    md = "\n".join(tradeoffs.report_sections(small, _table().iloc[:1], {"target": 0.7}, figs, rel))
+    md = "\n".join(tradeoffs.report_sections(small, _table().iloc[:1], {"target": 0.7}, figs, rel)
+                    + hpo.report_sections(small, figs, rel))
     assert "Cost trade-offs" not in md and "not computed (4 finished trials" in md
     other = Results(trials=_ablation_trials(), epochs=pd.DataFrame(), steps=None, specs=[{"spec": SPEC}])
-    md = "\n".join(tradeoffs.report_sections(other, _table(), {"target": 0.7}, figs, rel))
+    md = "\n".join(tradeoffs.report_sections(other, _table(), {"target": 0.7}, figs, rel)
+                    + hpo.report_sections(other, figs, rel))
     assert "## Search insight: hpo" in md and "nothing to show" in md  # no trials of that sweep

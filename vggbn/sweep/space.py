@@ -1,5 +1,6 @@
-"""The search space: one searched TrialConfig key (`Dim`), adaptive seeds (`Seeds`), what a sweep
-may spend (`Budget`, `Cost`) and the trials a spec's space would run (`dry_run`, `estimate`). No Ray
+"""The parts of a sweep spec and what it would run: one searched TrialConfig key (`Dim`), the
+scheduler and per-trial resources (`Scheduler`, `Resources`), adaptive seeds (`Seeds`), what a sweep
+may spend (`Budget`, `Cost`), and the trials a spec's space would run (`dry_run`, `estimate`). No Ray
 import until a Dim becomes a Ray Tune domain."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -73,6 +74,30 @@ class Dim(BaseModel):
 
     def describe(self) -> str:
         return f"{self.kind} {list(self.values)}"
+
+
+class Scheduler(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["fifo", "asha"] = "fifo"
+    grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
+    reduction_factor: float = Field(3.0, gt=1.0, description="ASHA keeps 1/reduction_factor per rung")
+    max_t: int | None = Field(None, ge=1, description="ASHA's last rung in epochs (default: epochs)")
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial (also its torch threads)")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial; a fraction packs trials on one GPU")
+    memory_gb: float = Field(0.0, ge=0, description="host RAM per trial in GiB (0 = no reservation): "
+                             "Ray schedules by it and a CPU trial is capped to it, so a trial that "
+                             "outgrows it errors alone instead of the kernel's OOM killer taking "
+                             "the node's other trials")
+
+    @model_validator(mode="after")
+    def _whole_gpus(self):
+        if self.gpu > 1 and self.gpu != int(self.gpu):
+            raise ValueError(f"gpu={self.gpu}: above 1, GPUs per trial must be a whole number")
+        return self
 
 
 class Budget(BaseModel):

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..config import ConfigError, TrialConfig, suggest
 from ..schema import COSTS, METRICS, SCHEMA_VERSION
-from .space import Budget, Cost, Dim, Seeds, dry_run, points  # noqa: F401  (dry_run, points: this module's API)
+from .space import (Budget, Cost, Dim, Resources, Scheduler, Seeds,  # noqa: F401  (dry_run, points:
+                    dry_run, points)  # this module's API)
 
 MAX_TRIALS = 100_000  # a sweep larger than this is a typo (num_samples: 1e9), not a study
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "file")  # experiment.normalize opens these
@@ -29,30 +30,6 @@ class SweepSpecError(ValueError):
 
 
 # ---------------------------------------------------------------------- the spec
-class Scheduler(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["fifo", "asha"] = "fifo"
-    grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
-    reduction_factor: float = Field(3.0, gt=1.0, description="ASHA keeps 1/reduction_factor per rung")
-    max_t: int | None = Field(None, ge=1, description="ASHA's last rung in epochs (default: epochs)")
-
-
-class Resources(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    cpu: float = Field(1.0, gt=0, description="CPUs per trial (also its torch threads)")
-    gpu: float = Field(0.0, ge=0, description="GPUs per trial; a fraction packs trials on one GPU")
-    memory_gb: float = Field(0.0, ge=0, description="host RAM per trial in GiB (0 = no reservation): "
-                             "Ray schedules by it and a CPU trial is capped to it, so a trial that "
-                             "outgrows it errors alone instead of the kernel's OOM killer taking "
-                             "the node's other trials")
-
-    @model_validator(mode="after")
-    def _whole_gpus(self):
-        if self.gpu > 1 and self.gpu != int(self.gpu):
-            raise ValueError(f"gpu={self.gpu}: above 1, GPUs per trial must be a whole number")
-        return self
-
-
 class SweepSpec(BaseModel):
     """One sweep file. `base` + `space` are TrialConfig keys, checked before anything starts."""
 
