@@ -187,18 +187,23 @@ def _effects_section(effects: dict, metric: str) -> list[str]:
     return md
 
 
+def _adaptive_sweeps(results):
+    """(stored spec, its trials) of each sweep run with adaptive seeds."""
+    from vggbn.sweep.spec import SweepSpec
+
+    for meta in results.specs:
+        raw = meta.get("spec") or {}
+        if raw.get("seeds"):
+            spec = SweepSpec.model_validate(raw, context={"stored": True})
+            yield spec, results.trials[results.trials["sweep"] == spec.name]
+
+
 def _adaptive_cis(tab, info: dict, results):
     """The table's 95% CI of a variant run with adaptive seeds: the corrected interval its stopping
     rule reports (a plain t interval after stopping on the width covers ~90%, not 95%)."""
-    from vggbn.sweep.spec import SweepSpec
-
     tab, names = tab.copy(), []
-    for meta in results.specs:
-        raw = meta.get("spec") or {}
-        if not raw.get("seeds"):
-            continue
-        spec = SweepSpec.model_validate(raw, context={"stored": True})
-        t = results.trials[(results.trials["sweep"] == spec.name) & (results.trials["status"] == "completed")]
+    for spec, t in _adaptive_sweeps(results):
+        t = t[t["status"] == "completed"]
         for i, row in tab.iterrows():
             vals = pd.to_numeric(t.loc[t["variant"] == row["variant_id"], info["metric"]],
                                  errors="coerce").dropna()
@@ -212,18 +217,13 @@ def _adaptive_cis(tab, info: dict, results):
 def _seeds_section(results) -> list[str]:
     """Adaptive seeds: per variant, the seeds used, the corrected CI half-width, whether the target
     was met; the trial-epochs spent against a fixed grid of `max` seeds."""
-    from vggbn.sweep.spec import SweepSpec, points
+    from vggbn.sweep.spec import points
 
     md = []
-    for meta in results.specs:
-        raw = meta.get("spec") or {}
-        if not raw.get("seeds"):
-            continue
-        spec = SweepSpec.model_validate(raw, context={"stored": True})
-        rule, metric = spec.seeds, spec.primary_metric
-        t = results.trials[results.trials["sweep"] == spec.name]
+    for spec, t in _adaptive_sweeps(results):
         if t.empty:
             continue
+        rule, metric = spec.seeds, spec.primary_metric
         unit = "points" if metric.endswith("_acc") else metric
         md += [f"## Seeds: {spec.name} (adaptive)", "",
                f"Each variant started with {rule.min} seeds and got one more while the 95% CI "

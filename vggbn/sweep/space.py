@@ -147,15 +147,14 @@ class Seeds(BaseModel):
 
     def halfwidth(self, values, confidence: float = 0.95) -> float:
         """The corrected CI half-width of the mean of `values` (metric units); inf below 2 values."""
+        import numpy as np
         from scipy import stats
 
-        a = [float(v) for v in values if v is not None and v == v]
+        a = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+        a = a[~np.isnan(a)]
         if len(a) < 2:
             return math.inf
-        mean = sum(a) / len(a)
-        sd = math.sqrt(sum((v - mean) ** 2 for v in a) / (len(a) - 1))
-        q = stats.t.ppf(1 - (1 - confidence) / (2 * self.looks), len(a) - 1)
-        return float(q * sd / math.sqrt(len(a)))
+        return float(stats.t.ppf(1 - (1 - confidence) / (2 * self.looks), len(a) - 1) * stats.sem(a))
 
     def met(self, values, metric: str) -> bool:
         return self.halfwidth(values) * points(metric) <= self.ci_halfwidth
