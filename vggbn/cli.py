@@ -7,6 +7,7 @@ Errors for people: what went wrong and how to fix it on stderr, exit code 2, no 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import sys
@@ -312,5 +313,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def run() -> None:
+    """The `vggbn` command: main(), Python's exit handlers, then exit without C++ static destructors.
+
+    pyarrow's thread pools can abort the interpreter's exit ("terminate called without an active
+    exception", apache/arrow#34314): a command that finished, with its message printed, would end
+    with SIGABRT instead of its exit code (seen once in CI, on `vggbn landscape` after reading the
+    export). Ray's shutdown, logging's flush and weakref finalizers are atexit handlers: they run.
+    """
+    code = main()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that left, a closed stream: nothing more to say
+            pass
+    os._exit(code or 0)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
