@@ -10,7 +10,7 @@ import pandas as pd
 from vggbn import storage
 from vggbn.files import write_atomic
 
-from . import hpo, plots, smoothness, stats, table, tradeoffs
+from . import hpo, pbt, plots, smoothness, stats, table, tradeoffs
 from .results import load, swept_keys
 
 
@@ -320,6 +320,7 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
     md += _effects_section(effects, info["metric"])
     md += tradeoffs.report_sections(results, tab, info, figs, rel)
     md += hpo.report_sections(results, figs, rel)
+    md += pbt.report_sections(results, figs, rel)
     fig = plots.save(plots.learning_curves(trials, results.epochs), figs / "learning_curves.png")
     md += ["## Learning curves", "", f"![learning curves]({rel(fig)})", ""]
     swept = swept_keys(trials)

@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             flat[key] = getattr(args, key)
     try:
-        cfg = TrialConfig.from_flat(flat)
+        cfg = _stored_trial(args, flat) if args.source or args.trial else TrialConfig.from_flat(flat)
     except ConfigError as e:
         raise UsageError(f"bad trial config: {e}\nFix: see `vggbn presets` and the "
                          f"TrialConfig fields in the README.") from None
@@ -79,6 +79,30 @@ def cmd_train(args: argparse.Namespace) -> int:
                      for k in keys if k in result)
     print(f"{line}  params={result['params']:,}  diverged={result['diverged']}" + (f"  -> {out}" if out else ""))
     return 0
+
+
+def _stored_trial(args: argparse.Namespace, flat: dict[str, Any]) -> TrialConfig:
+    """`--from DIR --trial ID`: the trial's resolved config as it trained (--set changes a key)."""
+    from .sweep.earlier import trial_config
+    from .sweep.experiment import ExperimentError
+
+    if not (args.source and args.trial):
+        raise UsageError("--from and --trial go together.\nFix: e.g. vggbn train --from results/hpo "
+                         "--trial 3f2a1b0c (the trial ids are in trials.parquet and the report)")
+    if args.preset or args.recipe:
+        raise UsageError("--preset/--recipe with --from: the stored config already resolved them.\n"
+                         "Fix: drop them (change single keys with --set KEY=VALUE)")
+    try:
+        stored = trial_config(args.source, args.trial)
+    except ExperimentError:
+        raise
+    except ValueError as e:
+        raise UsageError(f"{e}.\nFix: give a trial id of that experiment (trials.parquet and `vggbn "
+                         f"report {args.source}` list them)") from None
+    if not args.quiet:
+        print(f"trial {args.trial} of {args.source}, as stored"
+              + (f", with {', '.join(f'{k}={v}' for k, v in flat.items())}" if flat else ""), file=sys.stderr)
+    return TrialConfig.from_stored({**stored, **flat})
 
 
 # ---------------------------------------------------------------------- presets
@@ -217,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any TrialConfig field")
     t.add_argument("--out", help="directory for config.json, metrics.jsonl, result.json")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--from", dest="source", metavar="DIR", help="re-run a trial of this experiment "
+                   "from its stored config (with --trial)")
+    t.add_argument("--trial", metavar="ID", help="the trial id, with --from")
     t.set_defaults(func=cmd_train)
 
     pr = sub.add_parser("presets", help="the study's rows as flags, with parameter counts")

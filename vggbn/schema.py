@@ -24,6 +24,8 @@ TRIAL_CONFIG_FILE = "vggbn-config.json"  # the trial's resolved TrialConfig, wri
 TRIAL_ERROR_FILE = "vggbn-error.json"    # a deterministic failure (out of memory, invalid config)
 RESTORE_NOTE_PREFIX = "restore-"         # restore-<ns>.json: a damaged checkpoint was skipped
 BUDGET_FILE = "vggbn-budget.json"        # the spec's budget was reached: spent, trials not started
+WARM_START_FILE = "vggbn-warm-start.json"  # the earlier trials a search started with
+PBT_FILE = "vggbn-pbt.json"               # a PBT trial's schedule: values per run, donor trial + epoch
 
 # checkpoint_NNNNNN/ inside a trial directory
 CKPT_STATE = "state.pt"      # torch state (weights_only=True loadable), sha256 in meta.json

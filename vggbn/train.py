@@ -92,26 +92,51 @@ def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
+def _keep_config(opt: torch.optim.Optimizer, sched, groups: list[dict], cfg: TrialConfig,
+                 spe: int) -> None:
+    """Put the config's hyperparameters back over a loaded optimizer and schedule.
+
+    load_state_dict restores the values the state was saved with (lr, momentum, weight decay, the
+    schedule's base lr); a PBT exploit continues another trial's state under other values, which
+    must be the ones in force from the first step on. Under the same config these are the very
+    numbers loaded (LambdaLR's lr is base_lr * factor too), so a resume stays bit-identical.
+    """
+    for g, want in zip(opt.param_groups, groups):
+        g.update(want)
+    sched.base_lrs = [g["initial_lr"] for g in opt.param_groups]
+    factor = lr_factor(cfg, sched.last_epoch, spe)  # the next step's
+    for g in opt.param_groups:
+        g["lr"] = g["initial_lr"] * factor
+    sched._last_lr = [g["lr"] for g in opt.param_groups]  # get_last_lr()
+
+
 # ---------------------------------------------------------------------- the trial
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceData, split, batch_size: int, amp) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: DeviceData, split, batch_size: int, amp,
+             dist=None) -> tuple[float, float]:
     model.eval()
     loss = torch.zeros((), device=data.device, dtype=torch.float64)
     correct = torch.zeros((), device=data.device, dtype=torch.long)
-    for x, y in data.eval_batches(split, batch_size):
+    batches = data.eval_batches(split, batch_size) if dist is None else dist.eval_batches(data, split, batch_size)
+    for x, y in batches:
         with amp():
             out = model(x)
         loss += nn.functional.cross_entropy(out.float(), y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
+    if dist is not None:  # each rank evaluated its share of the split
+        loss, correct = dist.all_sum(loss), dist.all_sum(correct)
     return loss.item() / len(split), correct.item() / len(split)
 
 
 def fit(cfg: TrialConfig | dict[str, Any], on_epoch: OnEpoch | None = None,
-        resume_state: dict[str, Any] | None = None, *, data: DeviceData | None = None) -> dict:
+        resume_state: dict[str, Any] | None = None, *, data: DeviceData | None = None,
+        dist=None) -> dict:
     """Train one trial. Calls on_epoch(metrics, state) after every epoch; returns the result dict.
 
     `state` holds live references (model/optimizer state dicts): save or copy it inside the
     callback. Passing it back as `resume_state` continues exactly where it was taken.
+    `dist` (sweep/distributed.py's DataParallel, on each of its ranks) trains data-parallel: every
+    rank draws the same global batch and takes its slice; metrics are summed over the ranks.
     """
     if not isinstance(cfg, TrialConfig):
         cfg = TrialConfig.from_flat(cfg)
@@ -131,7 +156,10 @@ def fit(cfg: TrialConfig | dict[str, Any], on_epoch: OnEpoch | None = None,
     torch.manual_seed(cfg.seed)  # weight init and dropout
     model = build_model(cfg, data.in_channels, data.num_classes).to(
         device, memory_format=torch.channels_last)
-    net = torch.compile(model) if cfg.compile else model
+    if dist is not None:
+        model = dist.convert(model, cfg)  # SyncBatchNorm on CUDA; refuses what it cannot run
+    net = model if dist is None else dist.wrap(model)  # DistributedDataParallel
+    net = torch.compile(net) if cfg.compile else net
     opt = make_optimizer(cfg, model)
     spe = data.steps_per_epoch(cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, spe))
@@ -144,8 +172,10 @@ def fit(cfg: TrialConfig | dict[str, Any], on_epoch: OnEpoch | None = None,
     start_epoch = 0
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
+        in_force = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
         opt.load_state_dict(resume_state["optimizer"])
         sched.load_state_dict(resume_state["scheduler"])
+        _keep_config(opt, sched, in_force, cfg, spe)
         torch.set_rng_state(resume_state["rng"]["torch"])
         if device.type == "cuda" and resume_state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(resume_state["rng"]["cuda"], device)
@@ -163,19 +193,23 @@ def fit(cfg: TrialConfig | dict[str, Any], on_epoch: OnEpoch | None = None,
         model.train()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        step_losses, probe_rows = [], []
+        step_losses, step_lrs, probe_rows = [], [], []
         first_step = (epoch - 1) * spe
-        for i, (x, y) in enumerate(data.train_batches(cfg.batch_size, gen, cfg.augment)):
+        lr_now = opt.param_groups[0]["lr"]
+        batches = data.train_batches(cfg.batch_size, gen, cfg.augment)
+        if dist is not None:  # this rank's slice of each global batch; its own dropout stream
+            batches = dist.shard(batches, cfg, epoch)
+        for i, (x, y) in enumerate(batches):
             probing = cfg.probe_every > 0 and (first_step + i + 1) % cfg.probe_every == 0
             if probing:
                 rng0 = rng_state(device)  # the probes replay this step's dropout masks
+            lr_now = opt.param_groups[0]["lr"]  # what this step uses, as the optimizer holds it
             with amp():
                 out = net(x)
                 loss = criterion(out, y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if dist is None else loss * dist.weight).backward()  # DDP: the global batch's mean
             if probing:
-                lr_now = cfg.lr * lr_factor(cfg, first_step + i, spe)
                 rows = probe(net, lambda m, x=x, y=y: criterion(m(x), y), lr_now, cfg.probe_etas,
                              rng0, amp)
                 probe_rows.append((first_step + i + 1, lr_now, loss.detach(), rows))
@@ -185,28 +219,32 @@ def fit(cfg: TrialConfig | dict[str, Any], on_epoch: OnEpoch | None = None,
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
             if cfg.record_steps:
-                step_losses.append(loss.detach())
+                step_losses.append(loss.detach() if dist is None else loss.detach() * dist.share)
+                step_lrs.append(lr_now)
+        if dist is not None:  # the ranks' sums -> the global batches'
+            loss_sum, correct = dist.all_sum(loss_sum), dist.all_sum(correct)
+            step_losses = list(dist.all_sum(torch.stack(step_losses))) if step_losses else []
         n_seen = spe * min(cfg.batch_size, len(data.train))
         train_loss = loss_sum.item() / n_seen  # the epoch's one sync
         train_time = time.perf_counter() - t0
         diverged = not math.isfinite(train_loss)
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss,
                                    "train_acc": correct.item() / n_seen}
+        evaluated = net if dist is None else dist.eval_model(model)  # rank 0's BN buffers
         if data.val is not None:
-            metrics["val_loss"], metrics["val_acc"] = evaluate(net, data, data.val,
-                                                               cfg.eval_batch_size, amp)
-        metrics["test_loss"], metrics["test_acc"] = evaluate(net, data, data.test,
-                                                             cfg.eval_batch_size, amp)
-        metrics["lr"] = cfg.lr * lr_factor(cfg, first_step + spe - 1, spe)
+            metrics["val_loss"], metrics["val_acc"] = evaluate(evaluated, data, data.val,
+                                                               cfg.eval_batch_size, amp, dist)
+        metrics["test_loss"], metrics["test_acc"] = evaluate(evaluated, data, data.test,
+                                                             cfg.eval_batch_size, amp, dist)
+        metrics["lr"] = lr_now  # the epoch's last step's, read from the optimizer
         metrics["epoch_time_s"] = time.perf_counter() - t0
         metrics["images_per_s"] = n_seen / train_time
         metrics["diverged"] = diverged
         history.append(metrics)
         if step_losses:
             values = torch.stack(step_losses).float().cpu().tolist()
-            steps += [{"step": first_step + i + 1, "epoch": epoch, "train_loss": v,
-                       "lr": cfg.lr * lr_factor(cfg, first_step + i, spe)}
-                      for i, v in enumerate(values)]
+            steps += [{"step": first_step + i + 1, "epoch": epoch, "train_loss": v, "lr": lr}
+                      for i, (v, lr) in enumerate(zip(values, step_lrs))]
         for step, lr_now, base, rows in probe_rows:  # host transfers at the epoch's end
             probes += [{"step": step, "epoch": epoch, "eta": m * lr_now, "eta_mult": m,
                         "base_loss": float(base), "loss": r[1], "grad_diff": r[2], "beta": r[3]}

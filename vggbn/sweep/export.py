@@ -17,7 +17,7 @@ import warnings
 from ..config import ConfigError, TrialConfig
 from ..schema import (BUDGET_FILE, EPOCH_EXTRA, EPOCH_METRICS, EPOCHS, PARQUET_META_KEY, PROBES, SCHEMA_VERSION, STEPS,
                       TRIAL_DIR, TRIALS)
-from . import checkpoint
+from . import checkpoint, pbt_record
 from .experiment import Experiment, ExperimentError
 from .spec import flat_config
 
@@ -100,6 +100,7 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
         meta = ckpts[0][1] if ckpts else {}
         saved = checkpoint.read_history(exp.fs, ckpts[0][0]) if ckpts else {"history": [], "steps": [], "probes": []}
         df = ea.trial_dataframes.get(tid)
+        pbt = pbt_record.read(exp, tid)  # a PBT trial's values per epoch and its donors
         if df is None or df.empty:
             df = pd.DataFrame(columns=list(EPOCH_METRICS))
         df = df[[c for c in df.columns if c in EPOCH_METRICS or c in EPOCH_EXTRA]]
@@ -108,10 +109,12 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
             # the checkpoint's own history fills epochs whose results Ray lost (a node dying
             # between a report and the driver logging it); those rows have no node_id/timestamp
             lost = [h for h in saved["history"] if h.get("epoch") not in set(df["epoch"])]
-            if lost:
+            if lost and pbt is None:  # a PBT trial's checkpoint history holds its donors' epochs
                 df = pd.concat([df, pd.DataFrame(lost)[[c for c in EPOCH_METRICS if c in lost[0]]]],
                                ignore_index=True)
             df = df.sort_values("epoch", ignore_index=True)
+        if pbt is not None:  # its epochs run by run, with the values in force and the donors
+            df = pbt_record.merge(pbt, df)
         last = df.iloc[-1].to_dict() if len(df) else {}
         deterministic = exp.trial_error(tid)  # out of memory or invalid config: run once
         error = deterministic or config_error
@@ -136,6 +139,8 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
                "error": error if status == "errored" else None}
         prov = meta.get("provenance") or {**driver, "device": None, "device_name": None}
         row.update({f"prov_{k}": v for k, v in prov.items()})
+        if pbt is not None:  # the config was a schedule: per epoch in epochs.parquet
+            row.update(pbt_record.trial_columns(pbt))
         rows.append(row)
         if len(df):
             epoch_frames.append(df.assign(trial_id=tid))

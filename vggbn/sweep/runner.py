@@ -14,9 +14,12 @@ from typing import Any
 
 from ..config import TrialConfig
 from ..schema import TRIAL_DIR
+from .distributed import with_concurrency
 from .experiment import Experiment, ExperimentError
+from . import tracking
 from .spec import CASE_KEY, SweepSpec, SweepSpecError
 
+DRIVER_MEMORY = 256 * 2**20  # what a data-parallel trial's driver reserves (Tune needs a nonzero request)
 RAY_TESTED = ("2.60",)  # the Ray releases the test suite ran on (pyproject.toml pins these)
 
 
@@ -73,7 +76,7 @@ def prepare_data(spec: SweepSpec) -> SweepSpec:
     data_dir (the per-node file lock in data.prepare stays as the fallback)."""
     from .. import data
 
-    datasets = (list(spec.space["dataset"].values) if "dataset" in spec.space
+    datasets = (list(spec.space["dataset"].probe_values()) if "dataset" in spec.space
                 else [TrialConfig.from_flat({**spec.base, **c}).dataset for c in spec.cases or [{}]])
     base = dict(spec.base)
     if any(d != "synthetic" for d in datasets) and not base.get("data_dir"):
@@ -100,9 +103,15 @@ def _wait_for_final_upload(timeout: float = 600.0) -> None:
 def _trainable(spec: SweepSpec, exp: Experiment):
     from ray import tune
 
+    from . import pbt
     from .trainable import vggbn_trial
 
-    fn = tune.with_parameters(vggbn_trial, experiment=exp.uri, checkpoint_every=spec.checkpoint_every)
+    perturbed = tuple(pbt.keys(spec)) if spec.scheduler.type in pbt.TYPES else ()
+    workers = spec.resources.model_dump() if spec.resources.n_workers > 1 else None
+    fn = tune.with_parameters(vggbn_trial, experiment=exp.uri, checkpoint_every=spec.checkpoint_every,
+                              perturbed=perturbed, workers=workers)
+    if workers:  # the trial only drives its Train workers, which reserve cpu/gpu each (distributed.py)
+        return tune.with_resources(fn, {"cpu": 0, "memory": DRIVER_MEMORY})
     res = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     if spec.resources.memory_gb:
         res["memory"] = int(spec.resources.memory_gb * 2**30)
@@ -116,7 +125,9 @@ def _reporter(spec: SweepSpec):
     metrics += ["val_acc"] if spec.primary_metric.startswith("val_") or "val_fraction" in spec.base else []
     metrics += ["test_acc"] + [m for m, _ in spec.objectives if m not in ("val_acc", "test_acc", *metrics)]
     common = set.intersection(*(set(c) for c in spec.cases)) if spec.cases else set()
-    params = list(spec.space) + sorted(f"{CASE_KEY}/{k}" for k in common)  # keys every case sets
+    # keys every trial has (Ray's table fails on a conditional key that some trials lack)
+    params = [k for k, d in spec.space.items() if d.kind != "when" or len(d.values) == len(spec.space[d.when].values)]
+    params += sorted(f"{CASE_KEY}/{k}" for k in common)  # keys every case sets
     params += ["seed"] if spec.seeds else []
     params = params or [k for k in ("preset", "seed") if k in spec.base]
     return CLIReporter(parameter_columns=params, metric_columns=metrics, max_report_frequency=30,
@@ -135,7 +146,7 @@ def build_tuner(spec: SweepSpec, exp: Experiment | None = None):
     exp = exp or Experiment(spec.experiment_path())
     scheduler, callbacks = schedulers.build(spec)
     search_alg, param_space, num_samples, plan_callbacks = search.build(spec, exp.uri)
-    callbacks = callbacks + plan_callbacks
+    callbacks = callbacks + plan_callbacks + tracking.callbacks(spec)  # TensorBoard, MLflow, W&B
     single = len(spec.objectives) == 1 or None  # several objectives: the searcher holds them
     storage_path, storage_fs = exp.ray_storage()  # object storage: the URI's filesystem + plain path
     return tune.Tuner(
@@ -148,7 +159,9 @@ def build_tuner(spec: SweepSpec, exp: Experiment | None = None):
                                     max_concurrent_trials=(spec.max_concurrent or None)
                                     if spec.search != "grid" else None,
                                     trial_dirname_creator=_trial_dirname,
-                                    reuse_actors=True),  # no process start + torch import per trial
+                                    # no process start + torch import per trial; a data-parallel
+                                    # trial's actor ends with it, and its Train run with the actor
+                                    reuse_actors=spec.resources.n_workers == 1),
         run_config=tune.RunConfig(
             name=exp.name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -163,6 +176,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, prepare: bool = Tr
     from .export import export
 
     exp = Experiment(spec.experiment_path())
+    tracking.check(spec.tracking)  # a missing extra fails before anything is claimed
     exp.claim(spec.name)
     try:
         check_ray()
@@ -170,6 +184,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, prepare: bool = Tr
             spec = prepare_data(spec)
         local = _init_ray(address)
         _check_gpus(spec, local)
+        spec = with_concurrency(spec)  # data-parallel trials: as many as worker groups fit
         exp.write_spec(spec.model_copy(update={"storage": exp.storage}))
         tuner = build_tuner(spec, exp)
     except BaseException:
@@ -213,6 +228,7 @@ def resume_sweep(path: str, *, address: str | None = None) -> dict:
                               f"experiment_state-*.json).\nFix: if that start is dead, delete "
                               f"{exp.join('vggbn-claim.json')} and run `vggbn sweep` again")
     check_ray()
+    tracking.check(spec.tracking)  # Ray's tuner.pkl holds the callbacks: their packages
     _init_ray(address)
     t0 = time.time()
     try:

@@ -17,7 +17,7 @@ import os
 import tempfile
 
 from ray.tune import Callback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
 
 def _snapshot_errored(tune_controller, trial) -> None:
@@ -98,6 +98,23 @@ class PersistentASHA(BudgetMixin, ASHAScheduler):
         return action
 
 
+class PBTScheduler(BudgetMixin, PopulationBasedTraining):
+    """Ray's PBT with vggbn's budget and error snapshot (the rules and arguments: pbt.py).
+
+    A trial's last epoch is not a perturbation point: restarted from a donor's checkpoint there it
+    would train nothing and end as a copy of the donor, and its final checkpoint, cloned, would
+    leave the trial cloning it nothing to train."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get("final"):
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        super().on_trial_error(tune_controller, trial)
+        _snapshot_errored(tune_controller, trial)
+
+
 def _asha_bytes(asha: ASHAScheduler) -> bytes:
     """ASHA's state through its public save(); any ASHAScheduler (the release before 2026-11-28
     pickled its own PersistentASHA class by value into tuner.pkl, and that object is restored)."""
@@ -149,14 +166,19 @@ def _load_legacy(asha: ASHAScheduler, state: dict) -> None:
 
 def build(spec):
     """(scheduler, callbacks) for a SweepSpec."""
-    if spec.scheduler.type != "asha":
+    if spec.scheduler.type in ("pbt", "pb2"):
+        from . import pbt
+
+        sched, callbacks = pbt.build(spec), []
+    elif spec.scheduler.type != "asha":
         sched, callbacks = FIFO(), []
     else:
         sched = PersistentASHA(time_attr="epoch", max_t=spec.scheduler.max_t or max(spec.trial_epochs()),
                                grace_period=spec.scheduler.grace_period,
                                reduction_factor=spec.scheduler.reduction_factor)
         callbacks = [SchedulerState(sched)]
-    for unit, per_trial in (("gpu_hours", spec.resources.gpu), ("cpu_hours", spec.resources.cpu)):
+    for unit, per_trial in (("gpu_hours", spec.resources.trial_gpu),  # all of a trial's workers
+                            ("cpu_hours", spec.resources.trial_cpu)):
         limit = getattr(spec.budget, unit)
         if limit is not None:
             sched.budget = {"limit": limit, "unit": unit, "per_trial": per_trial,

@@ -1,4 +1,5 @@
-"""Searchers: the grid plan (fixed or adaptive seeds, extendable) and Optuna.
+"""Searchers: the grid plan (fixed or adaptive seeds, extendable) and Optuna (conditional spaces,
+warm start; optuna_space.py turns the space into Optuna's terms).
 
 A grid sweep runs through `PlanSearch`, a Ray Tune Searcher (public API), not Ray's own grid
 generator, for two reasons:
@@ -25,9 +26,11 @@ from typing import Any
 
 from ray.tune import Callback
 from ray.tune.search import SearchGenerator, Searcher
+from ray.tune.search.optuna import OptunaSearch
 
 from ..config import ConfigError, TrialConfig
-from .spec import CASE_KEY, SweepSpec, flat_config
+from .optuna_space import BRANCH, DefineByRun
+from .spec import CASE_KEY, SweepSpec, When, flat_config
 
 RUNNING, DONE, FAILED, NOT_STARTED = "running", "done", "failed", "not started"
 PLAN_SPEC_ENV = "VGGBN_PLAN_EXPERIMENT"  # set by resume: where the experiment (its spec.yaml) is now
@@ -240,19 +243,56 @@ def build(spec: SweepSpec, experiment: str):
                        if k not in spec.grid_dims() and k != CASE_KEY}
         plan = PlanSearch(spec, experiment)
         return PlanGenerator(plan), param_space, spec.trial_count(), [PlanSync(plan)]
-    if spec.search == "optuna":
+    conditional = any(isinstance(d, When) for d in spec.space.values())
+    if spec.search == "optuna" or conditional:
         import optuna
-        from ray.tune.search.optuna import OptunaSearch
 
-        sampler = optuna.samplers.TPESampler(seed=spec.seed)  # multi-objective too (MOTPE)
-        if len(spec.objectives) == 1:
-            return OptunaSearch(sampler=sampler), spec.param_space(), spec.num_samples, []
-        metrics, modes = zip(*spec.objectives)
-        return (OptunaSearch(space=None, metric=list(metrics), mode=list(modes), sampler=sampler),
-                spec.param_space(), spec.num_samples, [])
+        # TPE (multi-objective too: MOTPE); a conditional random search is Optuna's random sampler
+        sampler = (optuna.samplers.TPESampler(seed=spec.seed) if spec.search == "optuna"
+                   else optuna.samplers.RandomSampler(seed=spec.seed))
+        param_space = {k: v for k, v in spec.param_space().items() if k not in spec.space}
+        return _optuna(spec, sampler, experiment), param_space, spec.num_samples, []
     from ray.tune.search import BasicVariantGenerator
 
     return BasicVariantGenerator(random_state=spec.seed), spec.param_space(), spec.num_samples, []
+
+
+class Optuna(OptunaSearch):
+    """Ray's OptunaSearch over the spec's space as a define-by-run function (optuna_space.py):
+    trials get the TrialConfig keys; the per-branch names of conditional keys stay Optuna's."""
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        return {k: v for k, v in config.items() if BRANCH not in k} if isinstance(config, dict) else config
+
+
+def _optuna(spec: SweepSpec, sampler, experiment: str) -> Optuna:
+    """The searcher, its study already holding the warm-start trials (Optuna's own add_trials;
+    which ones is written to the experiment's vggbn-warm-start.json)."""
+    import optuna
+
+    metrics, modes = zip(*spec.objectives)
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="vggbn", sampler=sampler,
+                                directions=["maximize" if m == "max" else "minimize" for m in modes])
+    if spec.warm_start:
+        from ..schema import WARM_START_FILE
+        from .earlier import warm_start
+        from .experiment import Experiment
+
+        trials, line = warm_start(spec)
+        study.add_trials(trials)
+        print(line, flush=True)
+        Experiment(experiment).write_bytes(WARM_START_FILE, json.dumps(
+            {"from": spec.warm_start, "summary": line, "trials": [
+                {"trial_id": t.user_attrs["warm_start_trial"], "params": t.params,
+                 "values": t.values} for t in trials]}, indent=1).encode())
+    one = len(metrics) == 1
+    searcher = Optuna(space=DefineByRun(spec.space), metric=metrics[0] if one else list(metrics),
+                      mode=modes[0] if one else list(modes), sampler=sampler, storage=storage,
+                      study_name="vggbn")
+    searcher.study = study  # the same study the searcher asks (tests and notebooks read it)
+    return searcher
 
 
 def pending_trials(spec: SweepSpec) -> str | None:

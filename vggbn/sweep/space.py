@@ -1,22 +1,17 @@
-"""The parts of a sweep spec and what it would run: one searched TrialConfig key (`Dim`), the
-scheduler and per-trial resources (`Scheduler`, `Resources`), adaptive seeds (`Seeds`), what a sweep
-may spend (`Budget`, `Cost`), and the trials a spec's space would run (`dry_run`, `estimate`). No Ray
-import until a Dim becomes a Ray Tune domain."""
+"""The parts of a sweep spec: one searched TrialConfig key (`Dim`, or `When` for a conditional
+one, checked by `check_space`), the scheduler and per-trial resources (`Scheduler`, `Resources`),
+adaptive seeds (`Seeds`), what a sweep may spend (`Budget`, `Cost`). No Ray import until a Dim
+becomes a Ray Tune domain. What a spec would run and cost is preview.py's."""
 
 from __future__ import annotations
 
-import itertools
 import math
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 if TYPE_CHECKING:
     from .spec import SweepSpec
-
-DRY_RUN_LINES = 200
-
 
 class Dim(BaseModel):
     """One searched TrialConfig key: exactly one of grid, choice, uniform, loguniform, randint."""
@@ -76,28 +71,196 @@ class Dim(BaseModel):
         return f"{self.kind} {list(self.values)}"
 
 
+class When(BaseModel):
+    """A key whose distribution depends on another searched key's value (a conditional space):
+    `lr: {when: optimizer, sgd: {loguniform: [0.01, 0.4]}, adamw: {loguniform: [1.0e-4, 3.0e-3]}}`.
+    A value of the parent with no entry leaves the key unsearched (base's value, or the default)."""
+
+    model_config = ConfigDict(extra="forbid")
+    when: str = Field(description="the searched key (a choice) this key's distribution depends on")
+    branches: dict[str, Dim] = Field(description="the parent's value -> this key's distribution")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, raw):
+        """The file's flat spelling {when: k, v1: dim, v2: dim} -> {when: k, branches: {v1: dim, ...}};
+        the parent's values are matched as text (YAML reads `true:` or `0.5:` keys as non-strings)."""
+        if isinstance(raw, dict) and "branches" not in raw:
+            rest = {_text(k): v for k, v in raw.items() if k != "when"}
+            raw = {"when": raw.get("when"), "branches": rest}
+        return raw
+
+    @model_validator(mode="after")
+    def _some(self):
+        if not self.branches:
+            raise ValueError(f"when: {self.when} gives no distribution; add one per value of "
+                             f"{self.when}, e.g. sgd: {{loguniform: [0.01, 0.4]}}")
+        return self
+
+    kind: ClassVar[str] = "when"
+
+    @property
+    def values(self) -> list[str]:
+        return list(self.branches)
+
+    def probe_values(self) -> list[Any]:
+        return [v for d in self.branches.values() for v in d.probe_values()]
+
+    def branch(self, parent_value) -> Dim | None:
+        return self.branches.get(_text(parent_value))
+
+    def describe(self) -> str:
+        return "; ".join(f"{d.describe()} if {self.when}={v}" for v, d in self.branches.items())
+
+
+def _text(value) -> str:
+    """A parent value as a branch name: YAML's true/false and numbers as the file wrote them."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _space_kind(raw) -> str:
+    """The union's tag: from a file's mapping when validating, from the model when serialising."""
+    return "when" if isinstance(raw, When) or (isinstance(raw, dict) and "when" in raw) else "dim"
+
+
+SpaceEntry = Annotated[Union[Annotated[Dim, Tag("dim")], Annotated[When, Tag("when")]],
+                       Discriminator(_space_kind)]
+
+
+def check_space(spec: SweepSpec) -> None:
+    """Each searched key: a TrialConfig key not also in base, every value it can take valid with
+    base (a conditional's, with its parent's value), its kind allowed by the search."""
+    from ..config import ConfigError, TrialConfig, suggest
+
+    if spec.warm_start is not None and spec.search != "optuna":
+        raise ValueError(f"warm_start: search {spec.search} does not learn from earlier trials; use "
+                         f"search: optuna (or remove warm_start)")
+    conditional = any(isinstance(d, When) for d in spec.space.values())
+    if (spec.search == "optuna" or conditional) and spec.cases:
+        raise ValueError("cases: " + ("Optuna samples every trial from space" if spec.search == "optuna"
+                                      else "a conditional space is sampled whole") + "; put the setups "
+                         "in space as a choice (or drop the conditional key)")
+    for key, dim in spec.space.items():
+        if key not in TrialConfig.model_fields:
+            raise ValueError(f"space.{key}: unknown TrialConfig key{suggest(key, TrialConfig.model_fields)}")
+        if key in spec.base:
+            raise ValueError(f"space.{key}: also set in base; set it in one place")
+        if isinstance(dim, When):
+            _check_when(spec, key, dim)
+            continue
+        for i, v in enumerate(dim.probe_values()):
+            try:
+                TrialConfig.from_flat({**spec.base, key: v})
+            except ConfigError as e:
+                raise ValueError(f"space.{key}.{dim.kind}[{i}]: {e}") from None
+        if spec.search == "optuna" and dim.kind == "grid":
+            raise ValueError(f"space.{key}: grid cannot be mixed with search: optuna (Optuna "
+                             f"samples every dimension); use choice: {list(dim.values)}")
+        if spec.search == "grid" and dim.kind != "grid":
+            raise ValueError(f"space.{key}: {dim.kind} needs search: random or optuna "
+                             f"(search: grid enumerates grid dimensions only)")
+
+
+def _check_when(spec: SweepSpec, key: str, dim: When) -> None:
+    from ..config import ConfigError, TrialConfig, suggest
+
+    parent = spec.space.get(dim.when)
+    if spec.search == "grid":
+        raise ValueError(f"space.{key}: a conditional distribution (when: {dim.when}) needs search: "
+                         f"random or optuna; a grid enumerates fixed values (give each {dim.when} its "
+                         f"own case under cases:)")
+    if parent is None:
+        raise ValueError(f"space.{key}.when: {dim.when!r} is not a searched key"
+                         f"{suggest(dim.when, spec.space)}; name a key of space with a choice")
+    if isinstance(parent, When) or parent.kind != "choice":
+        what = "itself conditional" if isinstance(parent, When) else f"a {parent.kind}"
+        raise ValueError(f"space.{key}.when: {dim.when} is {what}; a conditional key depends on a "
+                         f"choice, e.g. {dim.when}: {{choice: [...]}}")
+    values = {_text(v): v for v in parent.values}
+    for name, d in dim.branches.items():
+        if name not in values:
+            raise ValueError(f"space.{key}.{name}: {name!r} is not a value of {dim.when} (its choice is "
+                             f"{list(values)}){suggest(name, values)}")
+        if d.kind == "grid":
+            raise ValueError(f"space.{key}.{name}: grid inside a conditional; use choice: {list(d.values)}")
+        for i, v in enumerate(d.probe_values()):
+            try:
+                TrialConfig.from_flat({**spec.base, dim.when: values[name], key: v})
+            except ConfigError as e:
+                raise ValueError(f"space.{key}.{name}.{d.kind}[{i}]: {e}") from None
+
+
+class BaseFrom(BaseModel):
+    """`base_from: results/hpo`: the base comes from an HPO export's best trial on a validation
+    metric. Resolved when the sweep file is read (earlier.py); the stored spec keeps the record."""
+
+    model_config = ConfigDict(extra="forbid")
+    experiment: str = Field(description="the earlier experiment directory or URI")
+    metric: str = Field("val_acc", description="chosen on this validation metric (never test_*)")
+    keys: list[str] | None = Field(None, description="the keys to take (default: what it searched, "
+                                   "and its base)")
+    trial_id: str | None = Field(None, description="the trial taken (default: the best)")
+    value: float | None = Field(None, description="its metric value (filled when resolved)")
+    taken: dict[str, Any] | None = Field(None, description="what went into base (filled when resolved)")
+
+
 class Scheduler(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["fifo", "asha"] = "fifo"
+    type: Literal["fifo", "asha", "pbt", "pb2"] = "fifo"
     grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
     reduction_factor: float = Field(3.0, gt=1.0, description="ASHA keeps 1/reduction_factor per rung")
     max_t: int | None = Field(None, ge=1, description="ASHA's last rung in epochs (default: epochs)")
+    # population based training (pbt; pb2 picks the new values with a GP bandit): see sweep/pbt.py
+    perturbation_interval: int = Field(2, ge=1, description="PBT: epochs between a trial's exploit/explore steps")
+    burn_in: int = Field(0, ge=0, description="PBT: epochs before a trial is first perturbed")
+    perturb: list[str] | None = Field(None, description="PBT: the space's keys to perturb (default: "
+                                      "those of lr, weight_decay, label_smoothing, momentum in space)")
+    quantile_fraction: float = Field(0.25, ge=0.0, le=0.5, description="PBT: the bottom fraction "
+                                     "clones the top fraction's weights and values")
+    resample_probability: float = Field(0.25, ge=0.0, le=1.0, description="PBT: chance a value is "
+                                        "drawn afresh from its space instead of perturbed")
+    perturbation_factors: list[float] = Field([1.2, 0.8], min_length=1, description="PBT: a "
+                                              "perturbed value is multiplied by one of these")
+    synch: bool = Field(False, description="PBT: perturb the whole population at once (waits for "
+                        "the slowest trial)")
 
 
 class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    cpu: float = Field(1.0, gt=0, description="CPUs per trial (also its torch threads)")
-    gpu: float = Field(0.0, ge=0, description="GPUs per trial; a fraction packs trials on one GPU")
-    memory_gb: float = Field(0.0, ge=0, description="host RAM per trial in GiB (0 = no reservation): "
-                             "Ray schedules by it and a CPU trial is capped to it, so a trial that "
-                             "outgrows it errors alone instead of the kernel's OOM killer taking "
-                             "the node's other trials")
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial, per worker with workers > 1 (also "
+                       "its torch threads)")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial; a fraction packs trials on one GPU; "
+                       "a whole number above 1 trains data-parallel, one worker per GPU")
+    memory_gb: float = Field(0.0, ge=0, description="host RAM per trial (per worker) in GiB (0 = no "
+                             "reservation): Ray schedules by it and a CPU trial is capped to it, so a "
+                             "trial that outgrows it errors alone instead of the kernel's OOM killer "
+                             "taking the node's other trials")
+    workers: int = Field(1, ge=1, le=1024, description="data-parallel workers per trial (Ray Train's "
+                         "TorchTrainer); cpu, gpu and memory_gb are then per worker")
 
     @model_validator(mode="after")
     def _whole_gpus(self):
         if self.gpu > 1 and self.gpu != int(self.gpu):
             raise ValueError(f"gpu={self.gpu}: above 1, GPUs per trial must be a whole number")
+        from .distributed import check_resources  # the data-parallel rules live with its code
+        check_resources(self)
         return self
+
+    @property
+    def n_workers(self) -> int:  # gpu: 2 means 2 workers x 1 GPU
+        return int(self.gpu) if self.gpu > 1 else self.workers
+
+    @property
+    def worker_gpu(self) -> float:
+        return 1.0 if self.gpu > 1 else self.gpu
+
+    @property
+    def trial_cpu(self) -> float:  # what a trial holds, all workers together (budget, estimate)
+        return self.cpu * self.n_workers
+
+    @property
+    def trial_gpu(self) -> float:
+        return self.worker_gpu * self.n_workers
 
 
 class Budget(BaseModel):
@@ -160,129 +323,24 @@ class Seeds(BaseModel):
         return self.halfwidth(values) * points(metric) <= self.ci_halfwidth
 
 
+def check_seeds(spec: SweepSpec) -> None:
+    """Adaptive seeds run a grid of variants with FIFO, each variant's seeds chosen by the rule."""
+    fix = "; adaptive seeds give each variant seeds 0, 1, 2, ..."
+    if "seed" in spec.space:
+        raise ValueError("seeds: set with space.seed; use one: seeds (adaptive) or space.seed.grid")
+    if "seed" in spec.base or any("seed" in c for c in spec.cases):
+        raise ValueError(f"seeds: set with a fixed seed in {'base' if 'seed' in spec.base else 'cases'}"
+                         f"; remove that seed{fix}")
+    if spec.search != "grid":
+        raise ValueError(f"seeds: adaptive seeds run a grid of variants, not search: {spec.search}; "
+                         f"use search: grid")
+    if spec.scheduler.type != "fifo":
+        raise ValueError("seeds: adaptive seeds need every seed to finish; use scheduler: {type: fifo} "
+                         "(ASHA belongs to HPO)")
+    if spec.num_samples != 1:
+        raise ValueError("num_samples: repeats come from seeds with adaptive seeds; remove num_samples")
+
+
 def points(metric: str) -> float:
     """Fraction -> percentage points for accuracies; losses keep their units."""
     return 100.0 if metric.endswith("_acc") else 1.0
-
-
-
-# Approximate on-demand list prices in USD per instance-hour and the GPUs they carry (AWS, us-east-1
-# / us-west-2 as published in 2024-2025): an estimate's order of magnitude, not a quote.
-GPU_INSTANCES = {"g4dn.xlarge": (1, 0.526), "g4dn.2xlarge": (1, 0.752), "g5.xlarge": (1, 1.006),
-                 "g5.2xlarge": (1, 1.212), "g5.12xlarge": (4, 5.672), "g6.xlarge": (1, 0.805),
-                 "g6.2xlarge": (1, 0.978), "p3.2xlarge": (1, 3.06), "p3.8xlarge": (4, 12.24)}
-
-
-def _measured_epoch_seconds(spec: SweepSpec) -> tuple[float | None, str]:
-    """Median epoch time of this experiment's exported epochs, when it has run before."""
-    import io
-
-    try:
-        import pandas as pd
-
-        from .experiment import Experiment
-
-        raw = Experiment(spec.experiment_path()).read_bytes("epochs.parquet")
-        if raw:
-            t = pd.read_parquet(io.BytesIO(raw))["epoch_time_s"].dropna()
-            if len(t):
-                return float(t.median()), f"measured: median of {len(t)} epochs already run"
-    except Exception:  # no experiment yet, unreadable storage: the stated time, if any
-        pass
-    return None, ""
-
-
-def _gpu_prices(cluster: str | Path | None) -> list[tuple[str, str, float]]:
-    """(node type, instance type, USD per GPU-hour) of a cluster config's GPU worker types."""
-    import yaml
-
-    path = Path(cluster) if cluster else next((Path(p) for p in ("cluster.local.yaml", "cluster.yaml")
-                                               if Path(p).is_file()), None)
-    try:
-        types = (yaml.safe_load(path.read_text()) or {}).get("available_node_types", {}) if path else {}
-    except (OSError, yaml.YAMLError, AttributeError):
-        return []
-    out = []
-    for name, t in (types or {}).items():
-        itype = ((t or {}).get("node_config") or {}).get("InstanceType")
-        if itype in GPU_INSTANCES:
-            gpus, usd = GPU_INSTANCES[itype]
-            out.append((name, itype, usd / gpus))
-    return out
-
-
-def estimate(spec: SweepSpec, cluster: str | Path | None = None) -> list[str]:
-    """GPU-/CPU-hours (and dollars) of the sweep, from measured or stated epoch times."""
-    per_case = spec.trial_epochs()  # one entry per case (or the searched values of `epochs`)
-    if "epochs" in spec.space:
-        trial_epochs = spec.trial_count() * sum(per_case) / len(per_case)
-    else:
-        trial_epochs = spec.trial_count() // max(1, len(spec.cases)) * sum(per_case)
-    bound = "at most " if spec.scheduler.type == "asha" or spec.seeds else ""
-    seconds, source = _measured_epoch_seconds(spec)
-    if seconds is None and spec.cost.epoch_seconds:
-        seconds, source = spec.cost.epoch_seconds, "stated: cost.epoch_seconds"
-    lines = [f"estimate: {bound}{trial_epochs:,.0f} trial-epochs"]
-    if seconds is None:
-        lines[0] += ("; no epoch time known (set cost.epoch_seconds, e.g. from `vggbn train` on the "
-                     "same hardware, or run the sweep once)")
-    else:
-        hours = trial_epochs * seconds / 3600
-        lines[0] += (f" x {seconds:.3g} s ({source}) = {bound}{hours:,.2f} trial-hours: "
-                     + (f"{hours * spec.resources.gpu:,.2f} GPU-hours, " if spec.resources.gpu else "")
-                     + f"{hours * spec.resources.cpu:,.2f} CPU-hours")
-        gpu_hours = hours * spec.resources.gpu
-        if gpu_hours > 0:
-            if spec.cost.usd_per_gpu_hour is not None:
-                prices = {"cost.usd_per_gpu_hour": spec.cost.usd_per_gpu_hour}
-            else:  # per instance type of the cluster's GPU workers (spot is cheaper)
-                prices = {}
-                for _, itype, usd in _gpu_prices(cluster):
-                    prices[f"{itype} on demand"] = usd
-            for what, usd in prices.items():
-                lines.append(f"  {what}: ${usd:.3g}/GPU-hour -> about ${gpu_hours * usd:,.2f}")
-    for unit in ("gpu_hours", "cpu_hours"):
-        limit = getattr(spec.budget, unit)
-        if limit is not None:
-            lines.append(f"budget: {limit:g} {unit.replace('_', '-')}: no new trial starts once the "
-                         f"trials have used that much")
-    return lines
-
-
-def dry_run(spec: SweepSpec) -> str:
-    """The trials a sweep would run, without starting Ray."""
-    grid = spec.grid_dims()
-    sampled = {k: d for k, d in spec.space.items() if d.kind != "grid"}
-    combos = list(itertools.product(*grid.values())) or [()]
-    rule = spec.seeds
-    count = (f"{spec.variant_count() * rule.min} to {spec.trial_count()} trials (worst case "
-             f"{spec.trial_count()}: {spec.variant_count()} variants x {rule.max} seeds)"
-             if rule else f"{spec.trial_count()} trials")
-    lines = [f"sweep {spec.name}: {count} "
-             f"(search {spec.search}, scheduler {spec.scheduler.type}, "
-             f"{'metrics' if len(spec.objectives) > 1 else 'metric'} "
-             f"{', '.join(f'{m} {mode}' for m, mode in spec.objectives)}, "
-             f"{spec.resources.cpu:g} CPU + {spec.resources.gpu:g} GPU each) -> "
-             f"{spec.experiment_path()}"]
-    if spec.base:
-        lines.append("base: " + ", ".join(f"{k}={v}" for k, v in spec.base.items()))
-    if rule:
-        unit = "points" if spec.metric.endswith("_acc") else spec.metric
-        lines.append(f"adaptive seeds: each variant below runs seeds 0-{rule.min - 1}; while its 95% CI "
-                     f"half-width of the mean {spec.metric} is above {rule.ci_halfwidth:g} {unit} "
-                     f"(t quantile corrected over {rule.looks} looks), it gets one more seed, up to "
-                     f"{rule.max}")
-    n = 0
-    for _ in range(spec.num_samples):
-        for case, combo in itertools.product(spec.cases or [{}], combos):
-            n += 1
-            flags = ", ".join(f"{k}={v}" for k, v in [*case.items(), *zip(grid, combo)])
-            flags += ("; " if flags and sampled else "") + ", ".join(
-                f"{k} ~ {d.describe()}" for k, d in sampled.items())
-            if n > DRY_RUN_LINES:
-                lines.append(f"  ... and {spec.trial_count() - DRY_RUN_LINES:,} more")
-                return "\n".join(lines + estimate(spec))
-            lines.append(f"  {n:3d}  {flags}")
-    return "\n".join(lines + estimate(spec))
-
-

@@ -18,8 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..config import ConfigError, TrialConfig, suggest
 from ..schema import COSTS, METRICS, SCHEMA_VERSION
-from .space import (Budget, Cost, Dim, Resources, Scheduler, Seeds,  # noqa: F401  (dry_run, points:
-                    dry_run, points)  # this module's API)
+from .preview import dry_run  # noqa: F401  (this module's API)
+from .distributed import check_spec as check_workers
+from .space import (BaseFrom, Budget, Cost, Dim, Resources, Scheduler, Seeds, SpaceEntry, When,  # noqa: F401  (points, Dim,
+                    check_seeds, check_space, points)  # When: this module's API)
+from .tracking import Tracking
 
 MAX_TRIALS = 100_000  # a sweep larger than this is a typo (num_samples: 1e9), not a study
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "file")  # experiment.normalize opens these
@@ -45,7 +48,8 @@ class SweepSpec(BaseModel):
     base: dict[str, Any] = Field(default_factory=dict)
     cases: list[dict[str, Any]] = Field(default_factory=list, description="explicit setups (TrialConfig "
                                         "overrides of base), each crossed with the grid")
-    space: dict[str, Dim] = Field(default_factory=dict)
+    space: dict[str, SpaceEntry] = Field(default_factory=dict, description="searched keys: grid, "
+                                         "choice, uniform, loguniform, randint, or when (conditional)")
     seeds: Seeds | None = Field(None, description="adaptive seeds instead of a seed grid: "
                                 "{min: 2, max: 8, ci_halfwidth: 0.5}")
     search: Literal["grid", "random", "optuna"] = "grid"
@@ -59,8 +63,13 @@ class SweepSpec(BaseModel):
     max_failures: int = Field(2, ge=0, description="retries of a failed trial (from its checkpoint)")
     budget: Budget = Field(default_factory=Budget)
     cost: Cost = Field(default_factory=Cost)
+    warm_start: str | None = Field(None, description="an earlier export of the same metric whose "
+                                   "finished trials start the Optuna search")
+    base_from: BaseFrom | None = Field(None, description="base from an HPO export's best trial on val_acc")
     checkpoint_every: int = Field(1, ge=1, description="epochs between trial checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="most recent checkpoints kept per trial")
+    tracking: Tracking = Field(default_factory=Tracking, description="MLflow / W&B runs besides the "
+                               "TensorBoard files: {mlflow: sqlite:///mlflow.db, wandb: PROJECT}")
 
     @model_validator(mode="before")
     @classmethod
@@ -73,6 +82,16 @@ class SweepSpec(BaseModel):
             if isinstance(raw.get("mode"), list) and isinstance(raw.get("metric", "test_acc"), str):
                 raise ValueError(f"mode: a list {raw['mode']} for one metric; give one mode, e.g. "
                                  f"mode: max")
+        return raw
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_from(cls, raw, info: ValidationInfo):
+        """A sweep file's base_from is resolved (the earlier export read) once; stored specs keep it."""
+        if isinstance(raw, dict) and raw.get("base_from") and not (info.context or {}).get("stored"):
+            from .earlier import resolve_base_from
+
+            raw = resolve_base_from(raw)
         return raw
 
     @field_validator("storage")
@@ -111,25 +130,10 @@ class SweepSpec(BaseModel):
             both = sorted(set(case) & set(self.space))
             if both:
                 raise ValueError(f"cases[{i}].{both[0]}: also in space; set it in one place")
-        for key, dim in self.space.items():
-            if key not in TrialConfig.model_fields:
-                raise ValueError(f"space.{key}: unknown TrialConfig key"
-                                 f"{suggest(key, TrialConfig.model_fields)}")
-            if key in self.base:
-                raise ValueError(f"space.{key}: also set in base; set it in one place")
-            for i, v in enumerate(dim.probe_values()):
-                try:
-                    TrialConfig.from_flat({**self.base, key: v})
-                except ConfigError as e:
-                    raise ValueError(f"space.{key}.{dim.kind}[{i}]: {e}") from None
-            if self.search == "optuna" and dim.kind == "grid":
-                raise ValueError(f"space.{key}: grid cannot be mixed with search: optuna (Optuna "
-                                 f"samples every dimension); use choice: {list(dim.values)}")
-            if self.search == "grid" and dim.kind != "grid":
-                raise ValueError(f"space.{key}: {dim.kind} needs search: random or optuna "
-                                 f"(search: grid enumerates grid dimensions only)")
+        check_space(self)
+        check_workers(self)  # what a data-parallel trial cannot run (distributed.py)
         if self.seeds is not None:
-            self._check_seeds()
+            check_seeds(self)
         self._check_distinct_grid_points()
         self._check_objectives()
         for metric, _ in self.objectives:
@@ -139,11 +143,14 @@ class SweepSpec(BaseModel):
                 if not all(f and f > 0 for f in fracs):
                     raise ValueError(f"metric: {metric} needs a validation split: set "
                                      f"base.val_fraction (e.g. 0.1)")
-            tunes = self.scheduler.type == "asha" or self.search == "optuna"
+            tunes = self.scheduler.type != "fifo" or self.search == "optuna"
             if tunes and metric.startswith("test_"):
                 raise ValueError(f"metric: {metric} would tune on the test set (scheduler "
                                  f"{self.scheduler.type}, search {self.search}); use val_acc with "
                                  f"base.val_fraction: 0.1 (model selection never looks at the test set)")
+        if self.scheduler.type in ("pbt", "pb2"):
+            from .pbt import check
+            check(self)
         if self.scheduler.type == "asha":
             epochs = max(self.trial_epochs())
             max_t = self.scheduler.max_t or epochs
@@ -193,22 +200,6 @@ class SweepSpec(BaseModel):
                                  f"it cannot serve {len(metrics)} objectives ({', '.join(metrics)}); "
                                  f"use scheduler: {{type: fifo}}, or one metric")
 
-    def _check_seeds(self) -> None:
-        fix = "; adaptive seeds give each variant seeds 0, 1, 2, ..."
-        if "seed" in self.space:
-            raise ValueError("seeds: set with space.seed; use one: seeds (adaptive) or space.seed.grid")
-        if "seed" in self.base or any("seed" in c for c in self.cases):
-            raise ValueError(f"seeds: set with a fixed seed in {'base' if 'seed' in self.base else 'cases'}"
-                             f"; remove that seed{fix}")
-        if self.search != "grid":
-            raise ValueError(f"seeds: adaptive seeds run a grid of variants, not search: {self.search}; "
-                             f"use search: grid")
-        if self.scheduler.type != "fifo":
-            raise ValueError("seeds: adaptive seeds need every seed to finish; use scheduler: {type: fifo} "
-                             "(ASHA belongs to HPO)")
-        if self.num_samples != 1:
-            raise ValueError("num_samples: repeats come from seeds with adaptive seeds; remove num_samples")
-
     def _check_distinct_grid_points(self, limit: int = 20_000) -> None:
         """Two grid points that resolve to one trial config would put one model in the table under
         two labels (as the original study's "Res" and "LeakyReLU" rows did): refuse them."""
@@ -231,6 +222,8 @@ class SweepSpec(BaseModel):
                     what = ", ".join(f"{k}={a.get(k)!r} and {k}={b.get(k)!r}" for k in diff)
                     hint = (" (e.g. base.recipe: seed, the study's Adam recipe, under which the "
                             "optimizer rows differ)" if "preset" in diff else "")
+                    if self.base_from and self.base_from.taken:  # the HPO's keys override the rows' own
+                        hint = f" (base_from took {', '.join(self.base_from.taken)}: name fewer in base_from.keys)"
                     raise ValueError(
                         f"space: {what} resolve to the same trial config under recipe "
                         f"{flat['recipe']}, so the table would show one model under two labels; "
@@ -265,7 +258,7 @@ class SweepSpec(BaseModel):
         return join(self.storage_uri(), self.name)
 
     def param_space(self) -> dict[str, Any]:
-        space = {**self.base, **{k: d.to_tune() for k, d in self.space.items()}}
+        space = {**self.base, **{k: d.to_tune() for k, d in self.space.items() if not isinstance(d, When)}}
         if self.cases:
             from ray import tune
 
@@ -322,10 +315,18 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Swee
     for k, v in (overrides or {}).items():
         _set_path(raw, k, v)
     try:
-        return SweepSpec.model_validate(raw)
+        spec = SweepSpec.model_validate(raw)
+        if spec.warm_start:  # its export is read here, so a bad one fails before anything starts
+            from .earlier import warm_start
+
+            warm_start(spec)
+        return spec
     except ValidationError as e:
         msg = _spec_errors(e)
         raise SweepSpecError(f"{path}: {msg}\nFix: {_where_to_fix(e, msg, path, overrides)}") from None
+    except ValueError as e:
+        raise SweepSpecError(f"{path}: {e}\nFix: give warm_start an earlier export of this metric, "
+                             f"or remove it") from None
 
 
 def _where_to_fix(e: ValidationError, msg: str, path: Path, overrides: dict[str, Any] | None) -> str:

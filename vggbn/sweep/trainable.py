@@ -117,8 +117,12 @@ def _trial_config(exp: Experiment, trial_id: str, config: dict, state: dict | No
     return cfg
 
 
-def vggbn_trial(config: dict[str, Any], experiment: str, checkpoint_every: int = 1) -> None:
-    """One Ray Tune trial: its resolved config, fit, report every epoch, checkpoint."""
+def vggbn_trial(config: dict[str, Any], experiment: str, checkpoint_every: int = 1,
+                perturbed: tuple[str, ...] = (), workers: dict | None = None) -> None:
+    """One Ray Tune trial: its resolved config, fit, report every epoch, checkpoint. Under PBT
+    (`perturbed` keys), the config in force is the checkpoint's with Ray's perturbed values, which
+    may come from another trial's checkpoint (an exploit): pbt_record. `workers` (the spec's
+    resources, when it has several workers): this trial drives a data-parallel run (distributed.py)."""
     import ray
     import torch
     from ray import tune
@@ -135,6 +139,19 @@ def vggbn_trial(config: dict[str, Any], experiment: str, checkpoint_every: int =
     gpu = resources.get("GPU", 0)
     try:
         cfg = _trial_config(exp, trial_id, config, resume_state)
+        record = None
+        if perturbed:  # the stored config is what it started with; this is what it runs now
+            from .pbt_record import Record
+
+            meta0 = checkpoint.read_meta(ckpt.filesystem, ckpt.path) if ckpt is not None else None
+            record = Record(exp, trial_id, list(perturbed))
+            cfg = record.start(config, ckpt, resume_state, cfg, meta0 if resume_state and (
+                meta0 or {}).get("epoch") == resume_state["epoch"] else None)
+        if workers is not None:  # the Train workers hold the resources and run fit()
+            from .distributed import run_trial
+            from .space import Resources
+
+            return run_trial(exp, trial_id, cfg, Resources(**workers), ckpt, checkpoint_every)
         if gpu > 0 and not torch.cuda.is_available():  # deterministic: no retry finds CUDA here
             exp.write_trial_error(trial_id, f"TrialNoCUDA: {_no_cuda_message(resources)}")
             return
@@ -155,6 +172,9 @@ def vggbn_trial(config: dict[str, Any], experiment: str, checkpoint_every: int =
         # which node ran each epoch (spot losses show); the costs, so a search can minimise them
         metrics = {**metrics, "node_id": node_id, "gflops": gflops, "params": params}
         last = metrics["epoch"] >= cfg.epochs or metrics["diverged"]
+        if record is not None:
+            record.epoch(metrics)
+            metrics["final"] = last  # PBT neither clones nor restarts a trial at its end
         if metrics["epoch"] % checkpoint_every and not last:
             tune.report(metrics)
             return

@@ -1,0 +1,137 @@
+"""What an earlier experiment gives a new one: from search to study.
+
+- `warm_start`: a search starts with the finished trials of an earlier export of the same
+  metric(s), as Optuna trials of this space (search.py adds them to the study before the first
+  suggestion).
+- `resolve_base_from`: an ablation takes its base from an HPO export's best trial, chosen on a
+  validation metric (never the test set); the spec records which trial, its value and what it took.
+- `trial_config`: one stored trial's resolved config, for `vggbn train --from DIR --trial ID`.
+
+Errors name the experiment and say how to fix it (raised as ValueError inside the spec's
+validation, which adds the sweep file's name).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import TYPE_CHECKING, Any
+
+from ..schema import TRIALS
+
+if TYPE_CHECKING:
+    from .spec import SweepSpec
+
+
+def _experiment(uri: str, key: str):
+    """The earlier Experiment and its stored spec; a ValueError saying what is wrong."""
+    from .experiment import Experiment, ExperimentError
+
+    try:
+        exp = Experiment(uri)
+        return exp, exp.spec()
+    except ExperimentError as e:
+        what = str(e).partition("\nFix: ")[0].rstrip(".")
+        raise ValueError(f"{key}: {what} (an earlier sweep's directory or URI is needed: run that "
+                         f"sweep first, or name where it is)") from None
+
+
+def trial_rows(uri: str, key: str) -> tuple[Any, SweepSpec, list[dict[str, Any]]]:
+    """(Experiment, its stored spec, its exported trials as dicts) of an earlier experiment."""
+    import pandas as pd
+
+    exp, spec = _experiment(uri, key)
+    try:
+        raw = exp.read_bytes(TRIALS)
+        df = pd.read_parquet(io.BytesIO(raw)) if raw else None
+    except Exception as e:  # noqa: BLE001  (damaged parquet: say which file)
+        raise ValueError(f"{key}: {exp.join(TRIALS)} is not readable ({type(e).__name__}); run "
+                         f"`vggbn export {exp.uri}` to rewrite it") from None
+    if df is None or df.empty:
+        raise ValueError(f"{key}: {exp.uri} has no exported trials ({TRIALS}); run `vggbn export "
+                         f"{exp.uri}` (or let its sweep finish)")
+    return exp, spec, df.to_dict("records")
+
+
+def _finite(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+# ---------------------------------------------------------------------- warm start
+def warm_start(spec: SweepSpec) -> tuple[list, str]:
+    """(Optuna trials for the study, a line saying what was taken) from spec.warm_start."""
+    from .optuna_space import warm_trials
+
+    _, old, rows = trial_rows(spec.warm_start, "warm_start")
+    if [m for m, _ in old.objectives] != [m for m, _ in spec.objectives]:
+        raise ValueError(f"warm_start: {spec.warm_start} optimised {old.metric}, this sweep "
+                         f"{spec.metric}; warm-start only from a search of the same metric")
+    trials, outside = warm_trials(spec, rows)
+    finished = sum(r.get("status") in ("completed", "early_stopped") for r in rows)
+    line = (f"warm start: {len(trials)} of {len(rows)} trials of {spec.warm_start} "
+            f"({finished} finished" + (f", {outside} of them outside this space" if outside else "") + ")")
+    return trials, line
+
+
+# ---------------------------------------------------------------------- base from a search
+def resolve_base_from(raw: dict) -> dict:
+    """A sweep file's raw mapping with `base_from` resolved: the best trial of the earlier export
+    on its validation metric gives the keys it searched (and its base's), under this file's own
+    base; keys this sweep searches or sets in cases stay its own. Recorded in base_from."""
+    ref = raw.get("base_from")
+    if not isinstance(ref, (str, dict)):
+        return raw  # the field's own validation says what it should be
+    ref = {"experiment": ref} if isinstance(ref, str) else dict(ref)
+    if ref.get("taken") is not None:  # already resolved (a stored spec): data, not re-read
+        return raw
+    metric = ref.get("metric", "val_acc")
+    if not isinstance(metric, str) or not metric.startswith("val_"):
+        raise ValueError(f"base_from.metric: {metric!r}; the base is chosen on a validation metric "
+                         f"(val_acc or val_loss), never the test set")
+    _, old, rows = trial_rows(str(ref.get("experiment")), "base_from")
+    done = [r for r in rows if r.get("status") == "completed" and _finite(r.get(metric))]
+    if not done:
+        raise ValueError(f"base_from: {ref['experiment']} has no completed trial with {metric} (its "
+                         f"trials need a validation split: base.val_fraction)")
+    if ref.get("trial_id"):
+        pick = [r for r in done if str(r["trial_id"]) == str(ref["trial_id"])]
+        if not pick:
+            raise ValueError(f"base_from.trial_id: {ref['trial_id']!r} is not a completed trial of "
+                             f"{ref['experiment']}")
+        best = pick[0]
+    else:
+        best = (max if metric.endswith("_acc") else min)(done, key=lambda r: r[metric])
+    mine = set(raw.get("space") or {}) | {k for c in raw.get("cases") or [] for k in c}
+    mine |= set(raw.get("base") or {}) | {"seed"}
+    keys = ref.get("keys") or [*old.base, *old.space]
+    unknown = [k for k in keys if k not in best]
+    if unknown:
+        raise ValueError(f"base_from.keys: {unknown} are not config keys of {ref['experiment']}'s trials")
+    taken = {k: _plain(best[k]) for k in keys if k not in mine and _finite(best[k])}
+    ref.update(metric=metric, trial_id=str(best["trial_id"]), value=float(best[metric]), taken=taken)
+    return {**raw, "base_from": ref, "base": {**taken, **(raw.get("base") or {})}}
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+# ---------------------------------------------------------------------- one trial again
+def trial_config(uri: str, trial_id: str) -> dict[str, Any]:
+    """A trial's stored resolved config, as it ran: `cpu_threads: 0` (the CPUs Ray gives) becomes
+    the spec's resources.cpu, so the re-run's float sums match. A ValueError naming the trials
+    there if it has none; an ExperimentError (its own fix) if uri is not a sweep's directory."""
+    from ..schema import TRIAL_DIR
+    from .experiment import Experiment
+
+    exp = Experiment(uri)
+    spec = exp.spec()
+    cfg = exp.trial_config(trial_id)
+    if cfg is None:
+        prefix = TRIAL_DIR.format(trial_id="")
+        ids = sorted(n[len(prefix):] for n in exp.listdir() if n.startswith(prefix))
+        raise ValueError(f"--trial {trial_id}: no trial {trial_id!r} with a stored config in {exp.uri} "
+                         f"(its trials: {', '.join(ids[:12]) or 'none'}{' ...' if len(ids) > 12 else ''})")
+    if not cfg.get("cpu_threads"):
+        cfg = {**cfg, "cpu_threads": max(1, int(spec.resources.cpu))}
+    return cfg
