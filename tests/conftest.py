@@ -62,3 +62,19 @@ def smoke_copy(smoke_run, tmp_path) -> Path:
     dst = tmp_path / "smoke"
     shutil.copytree(smoke_run[0], dst)
     return dst
+
+
+def wait_for(cond, what: str, *, proc=None, seen=None, timeout: float = 240):
+    """Poll (files, a state) until cond() holds and return what it gave; fail at once if `proc`
+    (a Popen) ended first, and say what was `seen()` on a timeout."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = cond()
+        if got:
+            return got
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the command ended before {what}: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}" + (f": {seen()}" if seen else ""))

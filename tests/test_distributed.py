@@ -11,14 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import tiny
+from conftest import tiny, wait_for
 from vggbn.schema import EPOCH_EXTRA, EPOCH_METRICS
 from vggbn.sweep.checkpoint import list_checkpoints, load_state
 from vggbn.sweep.spec import SweepSpecError, load_spec
@@ -33,19 +32,6 @@ BASE = tiny(synthetic_size=512, batch_size=64, epochs=EPOCHS, bn=False, dropout=
 # A wrong weighting of the halves moves SGD's parameters by ~lr x gradient, orders of magnitude more.
 # (At lr 0.05 this net's 4th epoch amplifies the rounding to 1e-3: chaotic dynamics, not a bug.)
 PARAM_TOL, LOSS_TOL = 1e-5, 1e-6
-
-
-def _wait_for(cond, what: str, proc, timeout: float = 240):
-    """Poll files until cond() holds; fail at once if the sweep ended first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = cond()
-        if got:
-            return got
-        if proc.poll() is not None:
-            raise AssertionError(f"the sweep ended before {what}: {proc.stderr.read()[-3000:]}")
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _rows(exp: Path) -> list[dict]:
@@ -81,10 +67,10 @@ def killed_run(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "vggbn", "sweep", str(spec)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
-        _wait_for(lambda: all(_note(pids, r).get("epoch") == KILL_AT for r in (0, 1)),
-                  f"both workers at epoch {KILL_AT}", proc)
-        _wait_for(lambda: any(r["epoch"] == EVERY and r.get("checkpoint_dir_name") for r in _rows(exp)),
-                  f"the epoch-{EVERY} checkpoint in the trial", proc)
+        wait_for(lambda: all(_note(pids, r).get("epoch") == KILL_AT for r in (0, 1)),
+                 f"both workers at epoch {KILL_AT}", proc=proc)
+        wait_for(lambda: any(r["epoch"] == EVERY and r.get("checkpoint_dir_name") for r in _rows(exp)),
+                 f"the epoch-{EVERY} checkpoint in the trial", proc=proc)
         before = _rows(exp)
         victim = _note(pids, 1)["pid"]
         os.kill(victim, signal.SIGKILL)

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import DATA, SWEEPS, vggbn
+from conftest import DATA, SWEEPS, vggbn, wait_for
 from test_bad_input import assert_user_error
 
 pytestmark = pytest.mark.timeout(600)
@@ -207,16 +207,6 @@ def staged(session: Path, name: str) -> dict[str, list[dict]]:
     return out
 
 
-def wait_for(cond, what: str, seen, timeout: float = 240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}: {seen()}")
-
-
 def test_s3_sweep_survives_a_lost_node_and_a_killed_driver_and_reports_from_the_bucket(s3, cluster, tmp_path):
     t_start = time.time()
     w1 = cluster.add_node(num_cpus=1)
@@ -242,12 +232,12 @@ def test_s3_sweep_survives_a_lost_node_and_a_killed_driver_and_reports_from_the_
             return next((t for t, rs in staged(session, "smoke").items()
                          if rs[-1]["node_id"] == w1.node_id and every < rs[-1]["epoch"] < epochs), None)
 
-        a = wait_for(on_w1, "a trial on the first worker past a checkpoint", seen)
+        a = wait_for(on_w1, "a trial on the first worker past a checkpoint", seen=seen)
         cluster.remove_node(w1, allow_graceful=False)  # a spot loss
         cluster.add_node(num_cpus=1)  # the autoscaler's replacement
         t_lost = time.time()
         wait_for(lambda: [r for r in staged(session, "smoke").get(a, []) if r["node_id"] != w1.node_id],
-                 f"trial {a} running again on another node", seen)
+                 f"trial {a} running again on another node", seen=seen)
         proc.kill()  # the driver dies (SIGKILL): no export, no last upload
         proc.wait()
         t_kill = time.time()

@@ -73,6 +73,23 @@ def test_conditional_optuna_sweep_samples_each_branch_in_its_range(hpo):
             assert row["momentum"] == 0.9
 
 
+def test_conditional_random_search_draws_each_branch_in_its_range(tmp_path):
+    """search: random with a conditional space: Optuna's random sampler with the spec's seed, the
+    same draws as the dry run lists, each lr in its optimizer's range, momentum only under SGD."""
+    from vggbn.sweep import search
+    from vggbn.sweep.optuna_space import sample
+
+    spec = load_spec(write(tmp_path / "r.yaml", hpo_spec(tmp_path, search="random", num_samples=30)))
+    alg, param_space, n, _ = search.build(spec, str(tmp_path / "hpo"))
+    assert n == 30 and not set(spec.space) & set(param_space)  # the searcher samples them all
+    got = [alg.suggest(f"t{i}") for i in range(30)]
+    assert got == sample(spec, 30)  # what --dry-run shows is what runs
+    assert {g["optimizer"] for g in got} == {"sgd", "adamw"}
+    for g in got:
+        assert in_range(g["lr"], SGD if g["optimizer"] == "sgd" else ADAMW)
+        assert ("momentum" in g) == (g["optimizer"] == "sgd")
+
+
 BAD = [  # (space/spec changes, what the message must say)
     ({"space": {**SPACE, "lr": {"when": "optimiser", "sgd": {"uniform": [0.1, 0.2]}}}},
      ["space.lr.when", "'optimiser'", "did you mean 'optimizer'"]),

@@ -107,7 +107,8 @@ def test_overrides_with_dotted_paths(tmp_path):
 
 @pytest.mark.parametrize("name,count", [("ablation", 24), ("ablation_strong", 21), ("hpo", 40),
                                         ("landscape", 12), ("quick", 16), ("smoke", 4),
-                                        ("quick_adaptive", 48), ("factorial", 24), ("hpo_pareto", 30)])
+                                        ("quick_adaptive", 48), ("factorial", 24), ("hpo_pareto", 30),
+                                        ("pbt", 4), ("data_parallel", 4)])
 def test_shipped_sweeps_are_valid_and_counted(name, count):
     spec = load_spec(SWEEPS / f"{name}.yaml")
     assert spec.name == name and spec.trial_count() == count

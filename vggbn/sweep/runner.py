@@ -28,10 +28,12 @@ def check_ray() -> None:
     import ray
     from ray.train._internal import syncer
     from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.logger import TBXLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
     missing = [name for owner, name in ((TuneController, "_mark_trial_to_checkpoint"),
                                         (syncer, "_BackgroundProcess"),
+                                        (TBXLoggerCallback, "_try_log_hparams"),  # loggers.py
                                         (ASHAScheduler, "save"), (ASHAScheduler, "restore"))
                if not callable(getattr(owner, name, None))]
     if missing:
