@@ -66,9 +66,22 @@ def pareto_trials(trials: pd.DataFrame, metrics: list[str], modes: list[str]) ->
 
 
 def _dim(d: dict):
-    """The Optuna distribution of a stored spec's dimension (kinds unset are None in the dump)."""
+    """The Optuna distribution of a stored spec's dimension (kinds unset are None in the dump). A
+    conditional one (`when`) spans its branches: lr's axis runs from AdamW's range to SGD's."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+    if isinstance(d.get("branches"), dict):
+        parts = [_dim(b or {}) for b in d["branches"].values()]
+        if not parts or any(p is None for p in parts):
+            return None
+        if all(isinstance(p, CategoricalDistribution) for p in parts):
+            return CategoricalDistribution(list(dict.fromkeys(c for p in parts for c in p.choices)))
+        if all(isinstance(p, FloatDistribution) for p in parts):
+            return FloatDistribution(min(p.low for p in parts), max(p.high for p in parts),
+                                     log=all(p.log for p in parts))
+        if all(isinstance(p, IntDistribution) for p in parts):
+            return IntDistribution(min(p.low for p in parts), max(p.high for p in parts))
+        return None
     kind = next((k for k in ("uniform", "loguniform", "randint", "choice", "grid") if d.get(k) is not None), None)
     v = d.get(kind)
     if kind == "uniform":

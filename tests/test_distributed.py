@@ -201,3 +201,30 @@ def test_resources_count_every_worker(tmp_path):
     sched, _ = build(s)
     assert sched.budget["per_trial"] == 6.0  # the budget counts all of a trial's CPUs
     assert "1 CPU + 0 GPU each" in dry_run(load_spec(_spec(tmp_path, cpu=1)))  # one process: as before
+
+
+def test_a_worker_group_larger_than_the_machine_is_refused(tmp_path):
+    """On a local Ray, a trial whose workers need more CPUs than the machine has would wait forever:
+    exit 2 after Ray starts, the claim given back."""
+    import os
+
+    from conftest import vggbn
+
+    cpus = (os.cpu_count() or 2) + 1
+    r = vggbn("sweep", _spec(tmp_path, cpu=cpus, workers=2), timeout=180)
+    assert r.returncode == 2 and "would wait forever" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "s" / "vggbn-claim.json").exists()
+
+
+@pytest.mark.parametrize("sizes", [[2, 64], [64, 256]])
+def test_a_searched_batch_size_below_the_workers_is_refused(tmp_path, sizes):
+    p = _spec(tmp_path, cpu=1, workers=4)
+    raw = yaml.safe_load(p.read_text())
+    raw["base"] = {k: v for k, v in raw["base"].items() if k != "batch_size"}
+    raw.update(search="random", space={"batch_size": {"choice": sizes}})
+    p.write_text(yaml.safe_dump(raw))
+    if min(sizes) < 4:
+        with pytest.raises(SweepSpecError, match="space.batch_size: 2 is smaller than resources.workers 4"):
+            load_spec(p)
+    else:
+        assert load_spec(p).resources.n_workers == 4

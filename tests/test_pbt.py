@@ -135,6 +135,10 @@ def _spec(tmp_path, **changes):
     ({"scheduler.perturb": ["momentum"]}, "momentum is not searched in space"),
     ({"keep_checkpoints": 2}, "use 4"),
     ({"num_samples": 1}, "at least 2 trials"),
+    ({"resources.workers": 2}, "data-parallel trials (2 workers) is not supported"),
+    ({"cases": [{"bn": False}, {"bn": True}]}, "run one pbt sweep per case"),
+    ({"space.dropout": {"uniform": [0.0, 0.3]}}, "space.dropout: searched but not perturbed"),
+    ({"scheduler.burn_in": 3}, "does not divide scheduler.burn_in"),
 ])
 def test_spec_refuses(tmp_path, changes, says):
     with pytest.raises(SweepSpecError, match="Fix:") as e:
@@ -182,3 +186,14 @@ def test_report_draws_each_trials_schedule(pbt_run, tmp_path):
         assert {int(e): (v, d if isinstance(d, str) else None) for e, v, d in
                 zip(g["epoch"], g["value"], g["donor_trial"])} == ran
     assert frame["exploit"].sum() == epochs["pbt_exploit"].sum() >= 2
+
+
+def test_a_pbt_experiment_gives_no_single_config_to_start_from(pbt_run, tmp_path):
+    """Its trials' values changed while they trained: base_from, warm_start and train --from refuse it."""
+    exp, _, trials = pbt_run
+    abl = {"name": "abl", "base_from": str(exp), "space": {"seed": {"grid": [0, 1]}}, "storage": str(tmp_path)}
+    (tmp_path / "abl.yaml").write_text(yaml.safe_dump(abl))
+    with pytest.raises(SweepSpecError, match="is a pbt sweep"):
+        load_spec(tmp_path / "abl.yaml")
+    r = vggbn("train", "--from", exp, "--trial", trials["trial_id"].iloc[0])
+    assert r.returncode == 2 and "is a pbt sweep" in r.stderr and "Traceback" not in r.stderr

@@ -50,9 +50,10 @@ def test_shipped_hpo_dry_run_keeps_each_optimizer_in_its_own_lr_range():
     assert r.returncode == 0, r.stderr
     spec = load_spec(SWEEPS / "hpo.yaml")
     ranges = {o: spec.space["lr"].branch(o).values for o in ("sgd", "adamw")}
-    rows = [dict(kv.split("=", 1) for kv in line.split(None, 1)[1].split(", "))
-            for line in r.stdout.splitlines() if line.strip().split(" ")[0].isdigit()]
-    assert len(rows) == 40
+    numbered = [line for line in r.stdout.splitlines() if line.strip().split(" ")[0].isdigit()]
+    rows = [dict(kv.split("=", 1) for kv in line.split(None, 1)[1].split(", ")) for line in numbered
+            if "lr=" in line]
+    assert len(numbered) == 40 and len(rows) == 10  # TPE's random start; then TPE's own choices
     for row in rows:
         assert in_range(float(row["lr"]), ranges[row["optimizer"]]), row
     assert {row["optimizer"] for row in rows} == {"sgd", "adamw"}
@@ -106,6 +107,8 @@ BAD = [  # (space/spec changes, what the message must say)
     ({"search": "random", "warm_start": "/nowhere"}, ["warm_start", "does not learn"]),
     ({"cases": [{"width": 0.125}]}, ["cases", "Optuna samples every trial"]),
     ({"warm_start": "/nowhere/at/all"}, ["warm_start", "/nowhere/at/all", "no such directory"]),
+    ({"search": "random", "space": {**SPACE, "seed": {"grid": [0, 1, 2]}}},
+     ["space.seed", "would be sampled, not crossed"]),
     ({"base_from": {"experiment": "/nowhere", "metric": "test_acc"}}, ["base_from.metric", "never the test set"]),
 ]
 
@@ -126,6 +129,21 @@ def test_bad_conditional_space_through_the_command(tmp_path):
     r = vggbn("sweep", f)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "space.lr" in r.stderr, r.stderr
     assert not (tmp_path / "hpo").exists()  # nothing claimed
+
+
+def test_search_insight_keeps_conditional_keys_on_their_whole_range(hpo):
+    """The report's parallel coordinates (and importance) read a stored conditional key as one
+    axis spanning its branches: lr from AdamW's 1e-4 to SGD's 0.4."""
+    from analysis.hpo import parallel_coordinates
+
+    d, t = hpo
+    spec = yaml.safe_load((d / "spec.yaml").read_text())
+    fig = parallel_coordinates(t, spec)
+    ax = fig.axes[0]
+    names = [tick.get_text() for tick in ax.get_xticklabels()]
+    assert names[:3] == ["optimizer", "lr", "momentum"]
+    texts = {x.get_text() for x in ax.texts}
+    assert {"0.0001", "0.4", "0.8", "0.95"} <= texts
 
 
 # ---------------------------------------------------------------------- warm start
@@ -174,6 +192,8 @@ def test_ablation_takes_its_base_from_the_best_trial_on_val_acc(hpo, tmp_path):
     # stored as data: the record is kept and not re-read (the HPO directory may be gone by then)
     again = stored_spec(yaml.safe_dump(spec.model_dump(mode="json")), "spec.yaml")
     assert again.base == spec.base and again.base_from.trial_id == best["trial_id"]
+    with pytest.raises(SweepSpecError, match="base_from.keys: 3"):
+        load_spec(write(tmp_path / "k.yaml", dict(ablation, base_from={"experiment": str(d), "keys": 3})))
     moved = dict(ablation, base_from={"experiment": str(tmp_path / "gone"), "trial_id": "x", "value": 0.5,
                                       "taken": {"lr": 0.1}})
     assert stored_spec(yaml.safe_dump(moved), "spec.yaml").base_from.taken == {"lr": 0.1}

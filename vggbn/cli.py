@@ -11,6 +11,7 @@ import atexit
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,12 @@ def _stored_trial(args: argparse.Namespace, flat: dict[str, Any]) -> TrialConfig
     except ExperimentError:
         raise
     except ValueError as e:
-        raise UsageError(f"{e}.\nFix: give a trial id of that experiment (trials.parquet and `vggbn "
-                         f"report {args.source}` list them)") from None
+        if not str(e).startswith("--"):  # a storage error (StorageError): its own message and fix
+            raise
+        fix = (f"give a trial id of that experiment (trials.parquet and `vggbn report {args.source}` list "
+               f"them)" if str(e).startswith("--trial") else "train one of its schedules' values with "
+               "`vggbn train --set KEY=VALUE`")
+        raise UsageError(f"{e}.\nFix: {fix}") from None
     if not args.quiet:
         print(f"trial {args.trial} of {args.source}, as stored"
               + (f", with {', '.join(f'{k}={v}' for k, v in flat.items())}" if flat else ""), file=sys.stderr)
@@ -349,6 +354,9 @@ def run() -> None:
     export). Ray's shutdown, logging's flush and weakref finalizers are atexit handlers: they run.
     """
     code = main()
+    for t in threading.enumerate():  # what the interpreter's exit would wait for, first
+        if t is not threading.main_thread() and not t.daemon:
+            t.join()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

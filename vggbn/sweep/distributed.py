@@ -67,6 +67,11 @@ def check_spec(spec) -> None:
         if cfg.batch_size < n and "batch_size" not in spec.space:
             raise ValueError(f"{where}.batch_size: {cfg.batch_size} is smaller than resources.workers "
                              f"{n} (each worker takes a slice of the batch); give a larger batch_size")
+    small = [b for b in (spec.space["batch_size"].probe_values() if "batch_size" in spec.space else [])
+             if int(b) < n]
+    if small:
+        raise ValueError(f"space.batch_size: {small[0]} is smaller than resources.workers {n} (each worker "
+                         f"takes a slice of the batch); search batch sizes of at least {n}")
     dim = spec.space.get("probe_every")
     if dim is not None and any(getattr(dim, "values", None) or [1]):
         raise ValueError(f"space.probe_every with resources.workers {n}: the Santurkar probes run in a "

@@ -4,7 +4,8 @@
   metric(s), as Optuna trials of this space (search.py adds them to the study before the first
   suggestion).
 - `resolve_base_from`: an ablation takes its base from an HPO export's best trial, chosen on a
-  validation metric (never the test set); the spec records which trial, its value and what it took.
+  validation metric (never the test set): the keys the HPO searched (or `keys:`); the spec records
+  which trial, its value and what it took.
 - `trial_config`: one stored trial's resolved config, for `vggbn train --from DIR --trial ID`.
 
 Errors name the experiment and say how to fix it (raised as ValueError inside the spec's
@@ -50,7 +51,17 @@ def trial_rows(uri: str, key: str) -> tuple[Any, SweepSpec, list[dict[str, Any]]
     if df is None or df.empty:
         raise ValueError(f"{key}: {exp.uri} has no exported trials ({TRIALS}); run `vggbn export "
                          f"{exp.uri}` (or let its sweep finish)")
+    _not_pbt(spec, exp.uri, key)
     return exp, spec, df.to_dict("records")
+
+
+def _not_pbt(spec: SweepSpec, uri: str, key: str) -> None:
+    """A PBT trial's values changed as it trained (its config columns are where it started, its
+    result where the schedule ended): no one config to start from or to re-run."""
+    if spec.scheduler.type in ("pbt", "pb2"):
+        raise ValueError(f"{key}: {uri} is a {spec.scheduler.type} sweep: each trial's values changed "
+                         f"while it trained (pbt_schedule in its trials.parquet), so no trial has one "
+                         f"config that gave its result; take the values from its schedule into base")
 
 
 def _finite(v) -> bool:
@@ -76,8 +87,9 @@ def warm_start(spec: SweepSpec) -> tuple[list, str]:
 # ---------------------------------------------------------------------- base from a search
 def resolve_base_from(raw: dict) -> dict:
     """A sweep file's raw mapping with `base_from` resolved: the best trial of the earlier export
-    on its validation metric gives the keys it searched (and its base's), under this file's own
-    base; keys this sweep searches or sets in cases stay its own. Recorded in base_from."""
+    on its validation metric gives the keys it searched (its setup, such as epochs, val_fraction or
+    the data, is not taken), under this file's own base; keys this sweep searches or sets in cases
+    stay its own. Recorded in base_from."""
     ref = raw.get("base_from")
     if not isinstance(ref, (str, dict)):
         return raw  # the field's own validation says what it should be
@@ -103,17 +115,20 @@ def resolve_base_from(raw: dict) -> dict:
         best = (max if metric.endswith("_acc") else min)(done, key=lambda r: r[metric])
     mine = set(raw.get("space") or {}) | {k for c in raw.get("cases") or [] for k in c}
     mine |= set(raw.get("base") or {}) | {"seed"}
-    keys = ref.get("keys") or [*old.base, *old.space]
+    keys = ref.get("keys") or list(old.space)
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ValueError(f"base_from.keys: {keys!r}; give a list of config keys, e.g. [lr, weight_decay]")
     unknown = [k for k in keys if k not in best]
     if unknown:
         raise ValueError(f"base_from.keys: {unknown} are not config keys of {ref['experiment']}'s trials")
-    taken = {k: _plain(best[k]) for k in keys if k not in mine and _finite(best[k])}
+    taken = {k: _plain(best[k]) for k in keys if k not in mine and (hasattr(best[k], "tolist") or _finite(best[k]))}
     ref.update(metric=metric, trial_id=str(best["trial_id"]), value=float(best[metric]), taken=taken)
     return {**raw, "base_from": ref, "base": {**taken, **(raw.get("base") or {})}}
 
 
 def _plain(v):
-    return v.item() if hasattr(v, "item") else v
+    """A parquet cell as a YAML-able value: numpy scalars and arrays (probe_etas) as Python's."""
+    return v.tolist() if hasattr(v, "tolist") else v
 
 
 # ---------------------------------------------------------------------- one trial again
@@ -126,6 +141,7 @@ def trial_config(uri: str, trial_id: str) -> dict[str, Any]:
 
     exp = Experiment(uri)
     spec = exp.spec()
+    _not_pbt(spec, exp.uri, "--from")
     cfg = exp.trial_config(trial_id)
     if cfg is None:
         prefix = TRIAL_DIR.format(trial_id="")

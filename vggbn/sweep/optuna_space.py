@@ -7,7 +7,8 @@ for both would mix the two ranges in one density). Trials get the plain key (`lr
 `Search` (search.py) drops the per-branch names.
 
 `warm_trials` turns the finished trials of an earlier export into Optuna trials of this space
-(values outside it are left out, and counted), for Optuna's own `add_trial`: one path for plain and
+(completed ones as complete, ASHA-stopped ones as pruned with their last value; values outside the
+space are left out, and counted), for Optuna's own `add_trial`: one path for plain and
 conditional spaces, one objective or several (Ray's `evaluated_rewards` takes neither a
 define-by-run space nor a list of objectives). No Ray import here: the dry run uses it.
 """
@@ -121,8 +122,11 @@ def warm_trials(spec: SweepSpec, rows: list[dict[str, Any]]) -> tuple[list, int]
     trials, outside = [], 0
     for row in rows:
         values = [row.get(m) for m in metrics]
+        stopped = row.get("status") == "early_stopped"
         if row.get("status") not in ("completed", "early_stopped") or any(
                 v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+            continue
+        if stopped and len(values) > 1:  # Optuna has no pruned trials in a multi-objective study
             continue
         dists = distributions(spec.space, row)
         params = {name: _plain(row.get(key)) for name, (key, _) in dists.items()}
@@ -130,7 +134,13 @@ def warm_trials(spec: SweepSpec, rows: list[dict[str, Any]]) -> tuple[list, int]
             outside += 1
             continue
         dist_map = {name: dist for name, (_, dist) in dists.items()}
-        kw = {"value": float(values[0])} if len(values) == 1 else {"values": [float(v) for v in values]}
+        if stopped:  # ASHA stopped it: a pruned trial with its last value, ranked below finished ones
+            step = int(row.get("epochs_run") or row.get("epoch") or 1)
+            kw = {"state": optuna.trial.TrialState.PRUNED, "intermediate_values": {step: float(values[0])}}
+        elif len(values) == 1:
+            kw = {"value": float(values[0])}
+        else:
+            kw = {"values": [float(v) for v in values]}
         trials.append(optuna.trial.create_trial(params=params, distributions=dist_map,
                                                 user_attrs={"warm_start_trial": str(row.get("trial_id"))},
                                                 **kw))

@@ -55,6 +55,13 @@ def check(spec: SweepSpec) -> None:
     if when:
         raise ValueError(f"space.{when[0]}: a conditional (when) space is sampled by Optuna, and Ray "
                          f"refuses a searcher beside {s.type}; give {when[0]} one range")
+    if spec.resources.n_workers > 1:
+        raise ValueError(f"resources: {s.type} with data-parallel trials ({spec.resources.n_workers} "
+                         f"workers) is not supported: its record of each run is kept by a single-process "
+                         f"trial; use resources.workers: 1 (and a whole GPU at most)")
+    if spec.cases:
+        raise ValueError(f"cases: {s.type} clones a donor's weights into another trial, so the cases' "
+                         f"setups would mix; run one {s.type} sweep per case")
     ks = keys(spec)
     if not ks:
         raise ValueError(f"scheduler: {s.type} has nothing to perturb: search one of "
@@ -74,6 +81,11 @@ def check(spec: SweepSpec) -> None:
         if s.type == "pb2" and spec.space[k].kind not in ("uniform", "loguniform"):
             raise ValueError(f"space.{k}: pb2 models continuous values within bounds; give "
                              f"uniform or loguniform [low, high] (got {spec.space[k].kind})")
+    fixed = [k for k in spec.space if k not in ks]
+    if fixed:
+        raise ValueError(f"space.{fixed[0]}: searched but not perturbed, so a trial cloning a donor would "
+                         f"carry the donor's {fixed[0]} under its own label; put it in base, or perturb it "
+                         f"(scheduler.perturb)")
     if len(set(ks)) < len(ks):
         raise ValueError(f"scheduler.perturb: {ks} names a key twice")
     epochs = max(spec.trial_epochs())
@@ -82,6 +94,10 @@ def check(spec: SweepSpec) -> None:
         raise ValueError(f"scheduler.perturbation_interval: the first perturbation would come at epoch "
                          f"{first}, not before the trials' last epoch {epochs}, so nothing would be "
                          f"perturbed; use a perturbation_interval (and burn_in) below {epochs}")
+    if s.burn_in % spec.checkpoint_every:
+        raise ValueError(f"checkpoint_every: {spec.checkpoint_every} does not divide scheduler.burn_in "
+                         f"{s.burn_in}, so the first perturbation would find no checkpoint at its epoch; "
+                         f"make burn_in a multiple of checkpoint_every")
     if s.perturbation_interval % spec.checkpoint_every:
         raise ValueError(f"checkpoint_every: {spec.checkpoint_every} does not divide "
                          f"scheduler.perturbation_interval {s.perturbation_interval}, so a trial would "

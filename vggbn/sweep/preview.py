@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .spec import SweepSpec
 
 DRY_RUN_LINES = 200
+TPE_STARTUP = 10  # optuna.samplers.TPESampler's n_startup_trials, which search.py leaves as it is
 
 
 # Approximate on-demand list prices in USD per instance-hour and the GPUs they carry (AWS, us-east-1
@@ -124,19 +125,23 @@ def dry_run(spec: SweepSpec) -> str:
     if spec.scheduler.type in ("pbt", "pb2"):
         from .pbt import describe
         lines += describe(spec)
-    lines += _from_earlier(spec)
-    draws = []
+    earlier, warm = _from_earlier(spec)
+    lines += earlier
+    draws, tpe = [], ""
     if sampled:
         lines.append("space: " + "; ".join(f"{k} ~ {d.describe()}" for k, d in sampled.items()))
     if sampled and (spec.search == "optuna" or any(d.kind == "when" for d in sampled.values())):
         # Optuna samples these (search.py): its random sampler with the spec's seed draws what the
-        # first trials get (TPE's own start), conditional keys only under their parent's values
+        # first trials get (TPE's own start: random until 10 trials, warm-start ones included, have
+        # finished), conditional keys only under their parent's values
         from .optuna_space import sample
 
-        lines.append(f"the first trials (Optuna's random sampler, seed {spec.seed}"
-                     + ("; TPE chooses the trials after its first 10 from their results)"
-                        if spec.search == "optuna" else ")") + ":")
-        draws = sample(spec, min(spec.trial_count(), DRY_RUN_LINES))
+        n = spec.trial_count() if spec.search == "random" else max(0, TPE_STARTUP - warm)
+        lines.append(f"the first {min(n, spec.trial_count())} trials: Optuna's random sampler, seed {spec.seed}"
+                     + (f" (TPE's start, until {TPE_STARTUP} trials have finished)" if spec.search == "optuna"
+                        else "") + ":")
+        draws = sample(spec, min(n, spec.trial_count(), DRY_RUN_LINES))
+        tpe = "TPE's choice from the finished trials (within the space above)"
     n = 0
     for _ in range(spec.num_samples):
         for case, combo in itertools.product(spec.cases or [{}], combos):
@@ -144,6 +149,8 @@ def dry_run(spec: SweepSpec) -> str:
             flags = ", ".join(f"{k}={v}" for k, v in [*case.items(), *zip(grid, combo)])
             if n <= len(draws):
                 flags += ("; " if flags else "") + ", ".join(f"{k}={_short(v)}" for k, v in draws[n - 1].items())
+            elif tpe:
+                flags += ("; " if flags else "") + tpe
             elif sampled:  # Ray's random search draws at run time
                 flags += ("; " if flags else "") + ", ".join(f"{k} ~ {d.describe()}" for k, d in sampled.items())
             if n > DRY_RUN_LINES:
@@ -159,9 +166,10 @@ def _short(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _from_earlier(spec: SweepSpec) -> list[str]:
-    """What the spec takes from earlier experiments: its base (base_from), its first trials (warm_start)."""
-    out = []
+def _from_earlier(spec: SweepSpec) -> tuple[list[str], int]:
+    """What the spec takes from earlier experiments: its base (base_from), its first trials
+    (warm_start); and how many warm-start trials the search starts with."""
+    out, warm = [], 0
     b = spec.base_from
     if b is not None:
         out.append(f"base from {b.experiment}: trial {b.trial_id} ({b.metric} {b.value:.4g}, the best "
@@ -170,5 +178,7 @@ def _from_earlier(spec: SweepSpec) -> list[str]:
     if spec.warm_start:
         from .earlier import warm_start
 
-        out.append(warm_start(spec)[1])
-    return out
+        trials, line = warm_start(spec)
+        out.append(line)
+        warm = len(trials)
+    return out, warm

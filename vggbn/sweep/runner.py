@@ -71,6 +71,13 @@ def _check_gpus(spec: SweepSpec, local: bool) -> None:
         raise SweepSpecError(f"resources.gpu: {spec.resources.gpu:g}, but this machine has no GPU "
                              f"visible to Ray.\nFix: --set resources.gpu=0 to run on the CPU, or "
                              f"--address a cluster with GPU workers.")
+    r, have = spec.resources, ray.cluster_resources()
+    for unit, need in (("CPU", r.trial_cpu), ("GPU", r.trial_gpu)):  # a worker group that never fits
+        if local and r.n_workers > 1 and need > have.get(unit, 0):
+            raise SweepSpecError(f"resources: one trial's {r.n_workers} workers need {need:g} {unit}s "
+                                 f"together, and this machine has {have.get(unit, 0):g}, so the trial "
+                                 f"would wait forever.\nFix: fewer resources.workers or less per worker, "
+                                 f"or --address a cluster with room for them")
 
 
 def prepare_data(spec: SweepSpec) -> SweepSpec:

@@ -285,8 +285,9 @@ def _optuna(spec: SweepSpec, sampler, experiment: str) -> Optuna:
         print(line, flush=True)
         Experiment(experiment).write_bytes(WARM_START_FILE, json.dumps(
             {"from": spec.warm_start, "summary": line, "trials": [
-                {"trial_id": t.user_attrs["warm_start_trial"], "params": t.params,
-                 "values": t.values} for t in trials]}, indent=1).encode())
+                {"trial_id": t.user_attrs["warm_start_trial"], "state": t.state.name, "params": t.params,
+                 "values": t.values, "intermediate_values": t.intermediate_values} for t in trials]},
+            indent=1).encode())
     one = len(metrics) == 1
     searcher = Optuna(space=DefineByRun(spec.space), metric=metrics[0] if one else list(metrics),
                       mode=modes[0] if one else list(modes), sampler=sampler, storage=storage,

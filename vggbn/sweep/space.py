@@ -136,6 +136,11 @@ def check_space(spec: SweepSpec) -> None:
         raise ValueError(f"warm_start: search {spec.search} does not learn from earlier trials; use "
                          f"search: optuna (or remove warm_start)")
     conditional = any(isinstance(d, When) for d in spec.space.values())
+    grid = [k for k, d in spec.space.items() if d.kind == "grid"]
+    if conditional and grid and spec.search != "grid":  # Optuna samples the space whole
+        raise ValueError(f"space.{grid[0]}: a grid beside a conditional key would be sampled, not "
+                         f"crossed; use choice: {list(spec.space[grid[0]].values)} (or a separate sweep "
+                         f"per value)")
     if (spec.search == "optuna" or conditional) and spec.cases:
         raise ValueError("cases: " + ("Optuna samples every trial from space" if spec.search == "optuna"
                                       else "a conditional space is sampled whole") + "; put the setups "
