@@ -1,5 +1,5 @@
-"""report.md: the conclusions in words, the comparison table, the effects of crossed flags, the
-figures, the trials that did not complete, provenance."""
+"""report.md (and report.html, the same for a browser): the conclusions in words, the comparison
+table, the effects of crossed flags, the figures, the trials that did not complete, provenance."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from vggbn import storage
+from vggbn import progress, storage
 from vggbn.files import write_atomic
 
 from . import hpo, pbt, plots, smoothness, stats, table, tradeoffs
+from .report_html import write_html
 from .results import load, swept_keys
 
 
@@ -271,15 +272,19 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
     """Write report.md, the tables and the figures of one or more exported sweeps into `out`
     (default: default_out(first path): <path>/report, or reports/<name>/ for a bucket's). Returns
     a one-line summary."""
+    step = progress.Steps("report", ["loading", "table", "statistics", "figures", "writing"])  # stderr lines
+    step("loading", ", ".join(map(str, paths)))
     results = load(*paths)
     out = Path(out) if out else default_out(paths[0])
     figs = out / "figures"
     ref = table.load_reference(reference) if reference else None
+    step("table")
     tab, info = table.comparison_table(results.trials, results.epochs, baseline=baseline,
                                        target=target, reference=ref)
     tab, info = _adaptive_cis(tab, info, results)
     paths = table.write_tables(tab, info, out)
     trials = results.trials
+    step("statistics")
     effects = {name: stats.factorial_effects(trials[trials["sweep"] == name], info["metric"])
                for name in dict.fromkeys(trials["sweep"].astype(str))} if len(trials) else {}
     has_probes = results.probes is not None and len(results.probes)
@@ -309,11 +314,12 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
         desc = (meta.get("spec") or {}).get("description")
         if desc:
             md += [f"*{(meta.get('spec') or {}).get('name')}*: {desc}", ""]
-    md += [f"{len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in
-                                                 trials["status"].value_counts().items()), ""]
+    md += [f"{len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in  # the statuses that occur
+                                                 trials["status"].value_counts().items() if v), ""]
     md += ["## Comparison table", "", paths["md"].read_text(), "",
            f"Also as [CSV]({paths['csv'].name}) and [LaTeX]({paths['tex'].name}).", ""]
     rel = lambda p: p.relative_to(out).as_posix()  # noqa: E731
+    step("figures")
     fig = plots.save(plots.accuracy_dots(tab, info, trials), figs / "accuracy.png")
     md += [f"![test accuracy by variant: each seed, the mean and its 95% CI]({rel(fig)})", ""]
     md += _seeds_section(results)
@@ -368,8 +374,10 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
         if vals:
             md.append(f"- {c.removeprefix('prov_')}: {', '.join(vals[:5])}"
                       + (f" (+{len(vals) - 5} more)" if len(vals) > 5 else ""))
+    step("writing", str(out))
     write_atomic(out / "report.md", "\n".join(md) + "\n")
+    page = write_html(out / "report.md")  # report.html: the same Markdown, self-contained
     n_ok = int(tab["n"].sum()) if len(tab) else 0
-    return (f"report: {out / 'report.md'}  ({len(tab)} variants, {n_ok} completed trials"
+    return (f"report: {out / 'report.md'}, {page}  ({len(tab)} variants, {n_ok} completed trials"
             + (f", {len(incomplete)} not completed" if len(incomplete) else "")
             + (f", {len(missing)} missing" if missing else "") + ")")

@@ -1,4 +1,4 @@
-"""`vggbn train | presets | sweep | resume | extend | export | report | landscape`.
+"""`vggbn train | presets | sweep | resume | extend | export | status | report | landscape`.
 
 Errors for people: what went wrong and how to fix it on stderr, exit code 2, no traceback unless
 --debug.
@@ -183,6 +183,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from .sweep.status import status, status_text
+
+    st = status(args.path)
+    print(json.dumps(st, indent=1) if args.json else status_text(st))
+    return 0
+
+
 # ---------------------------------------------------------------------- analysis
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import write_report
@@ -284,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("path", help="the sweep's directory, e.g. results/quick")
     ex.set_defaults(func=cmd_export)
 
+    st = sub.add_parser("status", help="where a sweep stands (running, stopped or finished): trials done, "
+                        "running, errored, pending; the best so far; compute used. Reads only; no Ray")
+    st.add_argument("path", help="the sweep's directory: results/quick, file://..., s3://BUCKET/PREFIX/NAME")
+    st.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
+    st.set_defaults(func=cmd_status)
+
     rp = sub.add_parser("report", help="the comparison table, figures and report.md of sweeps")
     rp.add_argument("paths", nargs="+", help="sweep directories, e.g. results/quick")
     rp.add_argument("--baseline", default="vgg_a", help="preset of the baseline row (default vgg_a)")
@@ -353,7 +367,13 @@ def run() -> None:
     with SIGABRT instead of its exit code (seen once in CI, on `vggbn landscape` after reading the
     export). Ray's shutdown, logging's flush and weakref finalizers are atexit handlers: they run.
     """
-    code = main()
+    exit_without_teardown(main())
+
+
+def exit_without_teardown(code: int | None) -> None:
+    """Exit as the interpreter would (non-daemon threads joined, exit handlers run, streams flushed),
+    then os._exit: native threads that outlive Python's finalization cannot crash the exit.
+    Also how the test suite ends (tests/conftest.py)."""
     for t in threading.enumerate():  # what the interpreter's exit would wait for, first
         if t is not threading.main_thread() and not t.daemon:
             t.join()

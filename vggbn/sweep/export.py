@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import warnings
 
+from .. import progress
 from ..config import ConfigError, TrialConfig
 from ..schema import (BUDGET_FILE, EPOCH_EXTRA, EPOCH_METRICS, EPOCHS, PARQUET_META_KEY, PROBES, SCHEMA_VERSION, STEPS,
                       TRIAL_DIR, TRIALS)
@@ -89,9 +91,11 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
     spec = exp.spec()
     budget = json.loads(exp.read_bytes(BUDGET_FILE) or b"null")  # the spec's budget was reached
     not_started = set((budget or {}).get("not_started", []))
+    started = time.monotonic()  # Ray's results are read here: part of the time per trial
     ea = _analysis(exp)
     driver = provenance()
     rows, epoch_frames, step_rows, probe_rows, pruned = [], [], [], [], 0
+    read = progress.Counter("export", len(ea.trials), "trials read", started=started)  # every 5 s, and the last
     for trial in ea.trials:
         tid = trial.trial_id
         tdir = exp.trial_dir(tid)
@@ -148,6 +152,7 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
         probe_rows += [{"trial_id": tid, **p} for p in saved["probes"]]
         if status in FINISHED or deterministic:
             pruned += checkpoint.prune_finished(exp.fs, tdir)
+        read.add()
 
     trials = pd.DataFrame(rows)
     file_meta = json.dumps({"schema_version": SCHEMA_VERSION, "spec": spec.model_dump(mode="json"),

@@ -151,11 +151,13 @@ def build_tuner(spec: SweepSpec, exp: Experiment | None = None):
     from ray import tune
 
     from . import schedulers, search
+    from .progress import SweepProgress
 
     exp = exp or Experiment(spec.experiment_path())
     scheduler, callbacks = schedulers.build(spec)
     search_alg, param_space, num_samples, plan_callbacks = search.build(spec, exp.uri)
     callbacks = callbacks + plan_callbacks + tracking.callbacks(spec)  # TensorBoard, MLflow, W&B
+    callbacks.append(SweepProgress(exp.uri, spec.trial_count(), spec.seeds is not None))  # a line per trial
     single = len(spec.objectives) == 1 or None  # several objectives: the searcher holds them
     storage_path, storage_fs = exp.ray_storage()  # object storage: the URI's filesystem + plain path
     return tune.Tuner(

@@ -43,8 +43,10 @@ class BudgetMixin:
         b = getattr(self, "budget", None)
         if b is not None:
             trials = tune_controller.get_trials()
-            spent = sum((t.last_result or {}).get("time_total_s", 0.0) or 0.0 for t in trials) \
-                * b["per_trial"] / 3600
+            from .status import resource_hours  # one formula for the budget and `vggbn status`
+
+            spent = resource_hours(sum((t.last_result or {}).get("time_total_s", 0.0) or 0.0 for t in trials),
+                                   b["per_trial"])
             if spent >= b["limit"]:
                 fresh = [t for t in trials  # Ray's fresh last_result holds just the trial_id
                          if t.status == "PENDING" and "time_total_s" not in (t.last_result or {})]

@@ -17,13 +17,32 @@ from .experiment import Experiment, ExperimentError
 from .export import checkpoints, trial_config
 
 
-def ray_map(fn, args: tuple, parts: list) -> list:
-    """Run fn(*args, part) for each part as Ray tasks; the shared args go to the object store once."""
+def ray_map(fn, args: tuple, parts: list, on_done=None) -> list:
+    """Run fn(*args, part) for each part as Ray tasks; the shared args go to the object store once.
+    on_done(part) is called as each part's task finishes (the progress lines)."""
     import ray
 
     refs = [ray.put(a) for a in args]
     task = ray.remote(num_cpus=1)(fn)
-    return ray.get([task.remote(*refs, part) for part in parts])
+    futures = [task.remote(*refs, part) for part in parts]
+    todo = {f: part for f, part in zip(futures, parts)}
+    while on_done and todo:
+        ready, _ = ray.wait(list(todo), num_returns=1)
+        on_done(todo.pop(ready[0]))
+    return ray.get(futures)
+
+
+def _counting(map_chunks, points):
+    """surfaces()'s map_chunks (in process when None) that adds each finished part's points."""
+    def run(fn, args, parts):
+        if map_chunks is not None:
+            return map_chunks(fn, args, parts, on_done=lambda part: points.add(len(part)))
+        out = []
+        for part in parts:
+            out.append(fn(*args, part))
+            points.add(len(part))
+        return out
+    return run
 
 
 def _read_parquet(exp: Experiment, name: str):
@@ -53,7 +72,8 @@ def landscape(path: str, *, trial_ids: list[str] | None = None, resolution: int 
     """Li et al. surfaces around the final checkpoint of each (chosen) trial."""
     import pandas as pd
 
-    from ..landscape import surfaces
+    from .. import progress
+    from ..landscape import grid_points, surfaces
     from .runner import _init_ray
 
     exp = Experiment(path)
@@ -71,22 +91,22 @@ def landscape(path: str, *, trial_ids: list[str] | None = None, resolution: int 
         _init_ray(address)
         map_chunks = ray_map
     frames, skipped = [], []
-    for tid in known:
-        if trial_ids and tid not in trial_ids:
-            continue
+    chosen = [t for t in known if not trial_ids or t in trial_ids]
+    per_trial = len(grid_points(resolution))  # surfaces()' own points: 1D axis + 2D grid
+    points = progress.Counter("landscape", per_trial * len(chosen), "points", every_s=10.0, last_line=False)
+    for i, tid in enumerate(chosen):
         ckpts = checkpoints(exp, tid)
         state, _, _ = checkpoint.newest_readable(exp.fs, [p for p, _ in ckpts])
         history = (state or {}).get("history") or []
-        if state is None or (history and history[-1].get("diverged")):
+        cfg, error = trial_config(exp, tid, {}, ckpts) if state is not None else ({}, "no checkpoint")
+        if state is None or (history and history[-1].get("diverged")) or error:
             skipped.append(tid)
-            continue
-        cfg, error = trial_config(exp, tid, {}, ckpts)
-        if error:
-            skipped.append(tid)
+            points.total -= per_trial
             continue
         df = surfaces(cfg, state["model"], resolution=resolution, samples=samples, seed=seed,
-                      map_chunks=map_chunks)
+                      map_chunks=_counting(map_chunks, points))
         frames.append(df.assign(trial_id=tid, epoch=state["epoch"]))
+        points.line(f"{i + 1 - len(skipped)}/{len(chosen) - len(skipped)} trials", force=True)
     if not frames:
         raise ExperimentError(f"{exp.uri}: no trial with a usable checkpoint (skipped: {', '.join(skipped)})")
     new = pd.concat(frames, ignore_index=True)
