@@ -196,12 +196,16 @@ def _bn_name(trials: pd.DataFrame, tid: str) -> str:
     name = "with BN" if bool(row.get("bn")) else "without BN"
     extra = [f"{k}={row[k]:g}" if isinstance(row[k], float) else f"{k}={row[k]}"
              for k in ("optimizer", "lr") if k in row]
-    return f"{name} ({', '.join(extra)})"
+    label = row.get("label")  # a preset's row name says which network this is (VGG_A, + Res, ...)
+    which = f"{label}, " if isinstance(label, str) and not label.startswith(("bn=", "all trials")) else ""
+    seed = f", seed {row['seed']}" if "seed" in row else ""
+    return f"{name} ({which}{', '.join(extra)}{seed})"
 
 
 def bn_pairs(trials: pd.DataFrame, ids: list[str], max_pairs: int = 2) -> list[str]:
-    """Trials that differ only in BN, in pairs (the first `max_pairs` setups in trial order);
-    all of `ids` when no such pairs exist."""
+    """Trials that differ only in BN, in pairs (the first `max_pairs` setups in trial order); when
+    no such pairs exist, the first `max_pairs` trials without BN and with BN (a figure of every
+    trial would be unreadable)."""
     from .results import swept_keys
 
     t = trials[trials["trial_id"].isin(ids)].sort_values("trial_id")
@@ -212,7 +216,12 @@ def bn_pairs(trials: pd.DataFrame, ids: list[str], max_pairs: int = 2) -> list[s
             pairs += [g[g["bn"].astype(bool) == v]["trial_id"].iloc[0] for v in (False, True)]
         if len(pairs) >= 2 * max_pairs:
             break
-    return pairs or list(ids)
+    if pairs:
+        return pairs
+    bn = t.set_index("trial_id")["bn"].astype(bool)
+    seed = t.set_index("trial_id")["seed"] if "seed" in t else pd.Series(0, index=t["trial_id"])
+    first = sorted(ids, key=lambda i: (seed.get(i, 0), i))  # the lowest seeds first
+    return [i for v in (False, True) for i in [i for i in first if bn.get(i, False) == v][:max_pairs]]
 
 
 def santurkar_triple(trials: pd.DataFrame, probes: pd.DataFrame, smooth: int = 5, max_pairs: int = 2):
@@ -249,7 +258,9 @@ def santurkar_triple(trials: pd.DataFrame, probes: pd.DataFrame, smooth: int = 5
                     title="(b) gradient predictiveness", yscale="log")
         axes[2].set(xlabel="training step", ylabel="max over η of ‖Δ∇L‖ / ‖ηg‖",
                     title="(c) effective β-smoothness", yscale="log")
-        axes[0].legend(loc="upper right")
+        handles, names = axes[0].get_legend_handles_labels()  # below the panels: long names, no overlap
+        fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(2, len(names)),
+                   frameon=False)
         etas = sorted(probes["eta_mult"].unique())
         fig.suptitle("Santurkar et al. Fig. 4: bands are min–max over η ∈ {"
                      + ", ".join(f"{e:g}" for e in etas) + "} × lr; smoothed over "

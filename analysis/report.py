@@ -80,9 +80,12 @@ def _missing_trials(results) -> list[str]:
 
 def _smoothness_section(trials, probes, comp) -> list[str]:
     """The paper's claim as a number: BN / no-BN median β with its 95% CI, per setup, in words."""
-    beta = smoothness.per_probe(probes).groupby("trial_id")["beta"].median()
-    md = ["Median effective β-smoothness per trial (max over η at each probe, median over probes):", ""]
-    md += [f"- {trials.set_index('trial_id').loc[t, 'label']}: {b:.3g}" for t, b in beta.items()]
+    beta = smoothness.per_probe(probes).groupby("trial_id")["beta"].median().rename("beta")
+    per = trials.set_index("trial_id")[["label", "seed"]].join(beta, how="inner").sort_values(["label", "seed"])
+    md = ["Median effective β-smoothness per trial (max over η at each probe, median over probes), "
+          "by variant in seed order:", ""]
+    md += [f"- {label}: " + ", ".join(f"{b:.3g}" for b in g["beta"]) + " (seed " + ", ".join(map(str, g["seed"]))
+           + ")" for label, g in per.groupby("label", sort=True)]
     if comp.empty:
         return md + [""]
     md += ["", "## Is BN smoother? (the paper's claim)", "",

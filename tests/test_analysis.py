@@ -266,7 +266,16 @@ def test_probes_exported_and_landscape_end_to_end(smoke_dir, tmp_path):
     for f in ("santurkar_fig4.png", "landscape_1d.png", "landscape_2d.png", "landscape_3d.png"):
         assert (exp / "report" / "figures" / f).stat().st_size > 10_000, f
         assert f"figures/{f}" in md
-    assert "Median effective β-smoothness" in md
+    # one line per variant, its trials' β in seed order
+    block = md.split("Median effective β-smoothness")[1].split("\n\n")[1].splitlines()
+    from analysis.results import load
+
+    t = load(exp).trials
+    assert len(block) == t["label"].nunique()
+    for label, g in t.sort_values("seed").groupby("label"):
+        line = next(x for x in block if x.startswith(f"- {label}: "))
+        assert line.endswith(" (seed " + ", ".join(map(str, g["seed"])) + ")")
+        assert len(line.split(": ", 1)[1].split(" (seed")[0].split(", ")) == len(g)
 
 
 def test_an_export_written_before_a_config_field_existed_reads_with_its_default(smoke_copy, tmp_path):
@@ -287,3 +296,18 @@ def test_an_export_written_before_a_config_field_existed_reads_with_its_default(
     both = load(old, smoke_copy).trials
     assert both.groupby("variant")["trial_id"].count().tolist() == [4, 4]  # 2 bn values x 2 seeds x 2 exports
     assert all(np.isfinite(table.gflops(row.to_dict())) for _, row in r.trials.iterrows())
+
+
+def test_santurkar_figure_of_presets_shows_a_few_trials_each_named_once():
+    """Presets differ in more than BN (no clean BN pairs): the figure shows the first two trials
+    without BN and the first two with BN, each with its own legend entry, not all of them."""
+    trials, _ = hand_built()
+    rows = [{"trial_id": tid, "step": s, "eta_mult": m, "loss": 1.0 + m / s, "grad_diff": m / s, "beta": 10.0 / s}
+            for tid in trials["trial_id"] for s in range(1, 11) for m in (0.5, 1.0)]
+    fig = plots.santurkar_triple(trials, pd.DataFrame(rows))
+    names = [t.get_text() for t in fig.legends[0].get_texts()]
+    bn = trials.set_index("trial_id")["bn"].astype(bool)
+    assert len(names) == len(set(names)) == 4 < len(trials)
+    assert sum(n.startswith("with BN") for n in names) == 2 == sum(n.startswith("without BN") for n in names)
+    assert bn.sum() >= 2 and (~bn).sum() >= 2
+    assert all("seed" in n for n in names)
