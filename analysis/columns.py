@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from vggbn.config import TrialConfig
-from vggbn.schema import EPOCH_METRICS, EPOCHS, METRICS, PROBES, STATUSES, STEPS, SURFACES, TRIALS
+from vggbn.schema import (EPOCH_METRICS, EPOCHS, METRICS, PBT_DONOR, PBT_DONOR_EPOCH, PBT_EXPLOIT, PBT_EXPLOITS,
+                          PBT_PREFIX, PBT_SCHEDULE, PROBES, STATUSES, STEPS, SURFACES, TRIALS)
 
 STATUS = pd.CategoricalDtype(list(STATUSES), ordered=True)
 
@@ -47,14 +48,14 @@ def _config_kind(annotation) -> str:
 
 
 CONFIG = {k: _config_kind(f.annotation) for k, f in TrialConfig.model_fields.items()}
-INTS = {"epoch", "step", "epochs_run", "best_epoch", "params", "failures", "timestamp", "pbt_exploits",
-        "pbt_donor_epoch"}
+INTS = {"epoch", "step", "epochs_run", "best_epoch", "params", "failures", "timestamp", PBT_EXPLOITS,
+        PBT_DONOR_EPOCH}
 FLOATS = {*METRICS, "lr", "final_lr", "epoch_time_s", "images_per_s", "gflops", "wall_time_s",
           "best_test_acc", "best_val_acc", "time_total_s", "eta", "eta_mult", "base_loss", "loss",
           "grad_diff", "beta", "alpha", "acc"}
-BOOLS = {"diverged", "pbt_exploit", "prov_git_dirty"}
+BOOLS = {"diverged", PBT_EXPLOIT, "prov_git_dirty"}
 STRINGS = {"trial_id", "sweep", "error", "node", "hostname", "node_id", "restore_notes", "kind",
-           "pbt_donor_trial", "pbt_schedule", "variant", "label", "section"}
+           PBT_DONOR, PBT_SCHEDULE, "variant", "label", "section"}
 
 # what each file always has, filled empty where an older export lacks it
 EXPECTED = {
@@ -77,14 +78,15 @@ def kind_of(name: str, file: str) -> str | None:
         return "int"
     if name in BOOLS:
         return "bool"
-    if name == "lr" or name in FLOATS:  # lr: per epoch or step in those files, the config's in trials
+    if name in FLOATS:  # lr: per epoch or step in those files, the config's in trials
         return "float"
     if name.startswith("prov_"):
         return "str"
     if file == TRIALS and name in CONFIG:
         return CONFIG[name]
-    if name.startswith("pbt_") and name[4:] in CONFIG:  # the value in force of a PBT-searched key
-        return CONFIG[name[4:]]
+    key = name.removeprefix(PBT_PREFIX)
+    if key != name and key in CONFIG:  # the value in force of a PBT-searched key
+        return CONFIG[key]
     return None
 
 

@@ -10,17 +10,21 @@ from pathlib import Path
 
 import pandas as pd
 
+from vggbn.schema import PBT_DONOR as DONOR
+from vggbn.schema import PBT_DONOR_EPOCH as DONOR_EPOCH
+from vggbn.schema import PBT_EXPLOIT as EXPLOIT
+from vggbn.schema import PBT_PREFIX
+
 from . import plots
 
-DONOR, DONOR_EPOCH, EXPLOIT = "pbt_donor_trial", "pbt_donor_epoch", "pbt_exploit"
 _NOT_KEYS = {DONOR, DONOR_EPOCH, EXPLOIT}
 
 
 def perturbed_keys(epochs: pd.DataFrame | None) -> list[str]:
     if epochs is None:
         return []
-    return [c.removeprefix("pbt_") for c in epochs.columns
-            if c.startswith("pbt_") and c not in _NOT_KEYS]
+    return [c.removeprefix(PBT_PREFIX) for c in epochs.columns
+            if c.startswith(PBT_PREFIX) and c not in _NOT_KEYS]
 
 
 def schedule_frame(epochs: pd.DataFrame) -> pd.DataFrame:
@@ -30,16 +34,12 @@ def schedule_frame(epochs: pd.DataFrame) -> pd.DataFrame:
     if not keys:
         return pd.DataFrame(columns=["trial_id", "epoch", "key", "value", "exploit", "donor_trial",
                                      "donor_epoch"])
-    e = epochs.dropna(subset=[f"pbt_{keys[0]}"])
+    e = epochs.dropna(subset=[PBT_PREFIX + keys[0]])
     long = e.melt(id_vars=["trial_id", "epoch", EXPLOIT, DONOR, DONOR_EPOCH],
-                  value_vars=[f"pbt_{k}" for k in keys], var_name="key", value_name="value")
-    long["key"] = long["key"].str.removeprefix("pbt_")
+                  value_vars=[PBT_PREFIX + k for k in keys], var_name="key", value_name="value")
+    long["key"] = long["key"].str.removeprefix(PBT_PREFIX)
     long = long.rename(columns={EXPLOIT: "exploit", DONOR: "donor_trial", DONOR_EPOCH: "donor_epoch"})
     long["exploit"] = long["exploit"].fillna(False).astype(bool)
-    # trial ids carry the sweep's name when several sweeps are loaded; so must the donors
-    prefix = long["trial_id"].str.extract(r"^(.*/)")[0].fillna("")
-    has = long["donor_trial"].notna()
-    long.loc[has, "donor_trial"] = prefix[has] + long.loc[has, "donor_trial"].astype(str)
     return long.sort_values(["key", "trial_id", "epoch"], ignore_index=True)[
         ["trial_id", "epoch", "key", "value", "exploit", "donor_trial", "donor_epoch"]]
 

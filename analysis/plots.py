@@ -192,12 +192,13 @@ def hpo_progress(trials: pd.DataFrame, metric: str, mode: str, params: list[str]
 
 
 def _bn_name(trials: pd.DataFrame, tid: str) -> str:
+    from vggbn.config import PRESETS
+
     row = trials.set_index("trial_id").loc[tid]
     name = "with BN" if bool(row.get("bn")) else "without BN"
     extra = [f"{k}={row[k]:g}" if isinstance(row[k], float) else f"{k}={row[k]}"
              for k in ("optimizer", "lr") if k in row]
-    label = row.get("label")  # a preset's row name says which network this is (VGG_A, + Res, ...)
-    which = f"{label}, " if isinstance(label, str) and not label.startswith(("bn=", "all trials")) else ""
+    which = f"{row['label']}, " if row.get("preset") in PRESETS and "label" in row else ""  # the study's row
     seed = f", seed {row['seed']}" if "seed" in row else ""
     return f"{name} ({which}{', '.join(extra)}{seed})"
 

@@ -11,7 +11,7 @@ from vggbn import progress, storage
 from vggbn.files import write_atomic
 
 from . import hpo, pbt, plots, smoothness, stats, table, tradeoffs
-from .report_html import write_html
+from .report_html import render
 from .results import load, swept_keys
 
 
@@ -202,11 +202,11 @@ def _adaptive_sweeps(results):
             yield spec, results.trials[results.trials["sweep"] == spec.name]
 
 
-def _adaptive_cis(tab, info: dict, results):
+def _adaptive_cis(tab, info: dict, adaptive: list):
     """The table's 95% CI of a variant run with adaptive seeds: the corrected interval its stopping
     rule reports (a plain t interval after stopping on the width covers ~90%, not 95%)."""
     tab, names = tab.copy(), []
-    for spec, t in _adaptive_sweeps(results):
+    for spec, t in adaptive:
         t = t[t["status"] == "completed"]
         for i, row in tab.iterrows():
             vals = pd.to_numeric(t.loc[t["variant"] == row["variant_id"], info["metric"]],
@@ -218,13 +218,13 @@ def _adaptive_cis(tab, info: dict, results):
     return tab, ({**info, "adaptive": ", ".join(names)} if names else info)
 
 
-def _seeds_section(results) -> list[str]:
+def _seeds_section(adaptive: list) -> list[str]:
     """Adaptive seeds: per variant, the seeds used, the corrected CI half-width, whether the target
     was met; the trial-epochs spent against a fixed grid of `max` seeds."""
     from vggbn.sweep.spec import points
 
     md = []
-    for spec, t in _adaptive_sweeps(results):
+    for spec, t in adaptive:
         if t.empty:
             continue
         rule, metric = spec.seeds, spec.primary_metric
@@ -284,7 +284,8 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
     step("table")
     tab, info = table.comparison_table(results.trials, results.epochs, baseline=baseline,
                                        target=target, reference=ref)
-    tab, info = _adaptive_cis(tab, info, results)
+    adaptive = list(_adaptive_sweeps(results))  # (stored spec, trials) of each adaptive-seed sweep
+    tab, info = _adaptive_cis(tab, info, adaptive)
     paths = table.write_tables(tab, info, out)
     trials = results.trials
     step("statistics")
@@ -325,7 +326,7 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
     step("figures")
     fig = plots.save(plots.accuracy_dots(tab, info, trials), figs / "accuracy.png")
     md += [f"![test accuracy by variant: each seed, the mean and its 95% CI]({rel(fig)})", ""]
-    md += _seeds_section(results)
+    md += _seeds_section(adaptive)
     md += _effects_section(effects, info["metric"])
     md += tradeoffs.report_sections(results, tab, info, figs, rel)
     md += hpo.report_sections(results, figs, rel)
@@ -378,8 +379,9 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
             md.append(f"- {c.removeprefix('prov_')}: {', '.join(vals[:5])}"
                       + (f" (+{len(vals) - 5} more)" if len(vals) > 5 else ""))
     step("writing", str(out))
-    write_atomic(out / "report.md", "\n".join(md) + "\n")
-    page = write_html(out / "report.md")  # report.html: the same Markdown, self-contained
+    text = "\n".join(md) + "\n"
+    write_atomic(out / "report.md", text)
+    page = write_atomic(out / "report.html", render(text, out))  # the same Markdown, self-contained
     n_ok = int(tab["n"].sum()) if len(tab) else 0
     return (f"report: {out / 'report.md'}, {page}  ({len(tab)} variants, {n_ok} completed trials"
             + (f", {len(incomplete)} not completed" if len(incomplete) else "")

@@ -289,8 +289,8 @@ def render(markdown: str, base: Path) -> str:
             f"<body>\n<main>\n{body}</main>\n<script>{SCRIPT}</script>\n</body>\n</html>\n")
 
 
-def write_html(md_path: str | Path, out: str | Path | None = None) -> Path:
-    """report.html (or `out`) beside the Markdown file `md_path`, from its text alone."""
+def write_html(md_path: str | Path) -> Path:
+    """report.html beside a report.md written earlier, from its text alone (`vggbn report` renders
+    the text it has just written, without reading it back)."""
     md_path = Path(md_path)
-    target = Path(out) if out else md_path.with_suffix(".html")
-    return write_atomic(target, render(md_path.read_text(encoding="utf-8"), md_path.parent))
+    return write_atomic(md_path.with_suffix(".html"), render(md_path.read_text(encoding="utf-8"), md_path.parent))

@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 
 from vggbn import storage
 from vggbn.config import PRESETS, TrialConfig
-from vggbn.schema import EPOCHS, PARQUET_META_KEY, PROBES, SCHEMA_VERSION, SPEC_FILE, STATUSES, STEPS, SURFACES, TRIALS
+from vggbn.schema import (EPOCHS, PARQUET_META_KEY, PBT_DONOR, PROBES, SCHEMA_VERSION, SPEC_FILE, STATUSES, STEPS,
+                          SURFACES, TRIALS)
 
 from . import columns
 
@@ -230,8 +231,9 @@ def _read(d: _Dir, name: str, fix: str) -> tuple[pd.DataFrame, dict]:
     ResultsError when it is damaged."""
     raw = d.read(name)  # an OSError here is the store's (unreachable, denied): load() says so
     try:
-        df = pd.read_parquet(io.BytesIO(raw))
-        meta = json.loads((pq.read_schema(io.BytesIO(raw)).metadata or {}).get(PARQUET_META_KEY, b"{}"))
+        table = pq.read_table(io.BytesIO(raw))  # the frame and vggbn's metadata from one parse
+        df = table.to_pandas()
+        meta = json.loads((table.schema.metadata or {}).get(PARQUET_META_KEY, b"{}"))
     except Exception as e:  # noqa: BLE001  (pyarrow raises several kinds for a damaged file)
         raise ResultsError(f"{d.show(name)}: not a readable parquet file ({type(e).__name__}: "
                            f"{' '.join(str(e).split())[:200]}).\nFix: {fix}") from None
@@ -316,8 +318,8 @@ def _load_one(d: _Dir, multi: bool, taken: set[str]) -> tuple[dict[str, pd.DataF
     if multi:
         for n, df in found.items():
             df = df.assign(trial_id=prefix + df["trial_id"])
-            if "pbt_donor_trial" in df:  # a PBT trial's donor, in the same sweep
-                df["pbt_donor_trial"] = prefix + df["pbt_donor_trial"]
+            if PBT_DONOR in df:  # a PBT trial's donor, in the same sweep: the schedule figure joins on it
+                df[PBT_DONOR] = prefix + df[PBT_DONOR]
             found[n] = df
     spec = None
     if d.is_file(SPEC_FILE):

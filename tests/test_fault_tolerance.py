@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import SWEEPS, tiny, vggbn
+from conftest import SWEEPS, tiny, vggbn, wait_for
 from vggbn.sweep.checkpoint import resume_state
 
 pytestmark = pytest.mark.timeout(600)
@@ -47,15 +46,9 @@ def results(exp: Path) -> dict[str, list[dict]]:
     return out
 
 
-def wait_for(cond, timeout=180, what="condition", exp=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.1)
-    seen = {t: [(r["epoch"], r.get("node_id", "")[:6]) for r in rs] for t, rs in results(exp).items()} if exp else ""
-    raise AssertionError(f"timed out waiting for {what} {seen}")
+def nodes_seen(exp):
+    """For a timeout's message: each trial's epochs with the node each ran on."""
+    return lambda: {t: [(r["epoch"], r.get("node_id", "")[:6]) for r in rs] for t, rs in results(exp).items()}
 
 
 @pytest.fixture
@@ -107,7 +100,8 @@ def test_lost_nodes_resume_from_checkpoints_and_exhausted_trial_is_errored(tmp_p
             live = {t: rs for t, rs in results(exp).items() if rs[-1]["node_id"] == w1.node_id}
             return live if len(live) == 2 and all(rs[-1]["epoch"] > every for rs in live.values()) else None
 
-        victims = wait_for(on_w1, what="two trials on the first worker past their first checkpoint", exp=exp)
+        victims = wait_for(on_w1, what="two trials on the first worker past their first checkpoint",
+                           seen=nodes_seen(exp), timeout=180)
         cluster.remove_node(w1, allow_graceful=False)
         cluster.add_node(num_cpus=1)  # the autoscaler's replacement
         a, b = sorted(victims)
@@ -116,7 +110,7 @@ def test_lost_nodes_resume_from_checkpoints_and_exhausted_trial_is_errored(tmp_p
             rs = [r for r in results(exp).get(a, []) if r["node_id"] != w1.node_id]
             return rs[-1]["node_id"] if rs and rs[-1]["epoch"] < epochs else None
 
-        node_a = wait_for(retry_of_a, what=f"trial {a} running again", exp=exp)
+        node_a = wait_for(retry_of_a, what=f"trial {a} running again", seen=nodes_seen(exp), timeout=180)
         cluster.remove_node(next(n for n in cluster.worker_nodes if n.node_id == node_a), allow_graceful=False)
         cluster.add_node(num_cpus=1)
         out, err = proc.communicate(timeout=400)
@@ -204,7 +198,7 @@ def test_trial_killed_with_a_damaged_checkpoint_resumes_from_the_one_before(tmp_
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         rows = wait_for(lambda: next((rs for rs in results(exp).values() if rs[-1]["epoch"] >= 3), None),
-                        what="the trial at epoch 3", exp=exp)
+                        what="the trial at epoch 3", seen=nodes_seen(exp), timeout=180)
         tid = next(iter(results(exp)))
         newest = exp / f"trial_{tid}" / rows[-1]["checkpoint_dir_name"]  # Ray's latest, registered
         before = max(c for c in newest.parent.glob("checkpoint_*") if c.name < newest.name)
@@ -280,7 +274,7 @@ def test_asha_killed_and_resumed_stops_the_same_trials(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "vggbn", "sweep", str(asha_spec(tmp_path, "killed"))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, **env})
-    wait_for(lambda: len(results(exp)) >= 4, what="the fourth trial", exp=exp)
+    wait_for(lambda: len(results(exp)) >= 4, what="the fourth trial", seen=nodes_seen(exp), timeout=180)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     started = set(results(exp))

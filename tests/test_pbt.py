@@ -186,6 +186,11 @@ def test_report_draws_each_trials_schedule(pbt_run, tmp_path):
         assert {int(e): (v, d if isinstance(d, str) else None) for e, v, d in
                 zip(g["epoch"], g["value"], g["donor_trial"])} == ran
     assert frame["exploit"].sum() == epochs["pbt_exploit"].sum() >= 2
+    # the same sweep loaded twice (ids "<sweep>/..."): every donor is a trial of its own sweep
+    both = pbt.schedule_frame(load(str(exp), str(exp)).epochs)
+    donors = both["donor_trial"].dropna()
+    assert len(donors) == 2 * frame["donor_trial"].notna().sum() > 0
+    assert set(donors) <= set(both["trial_id"])
 
 
 def test_a_pbt_experiment_gives_no_single_config_to_start_from(pbt_run, tmp_path):

@@ -124,6 +124,17 @@ def test_bad_conditional_and_earlier_specs_say_where(tmp_path, change, says):
         assert s in msg, (s, msg)
 
 
+def test_a_conditional_val_fraction_is_checked_branch_by_branch(tmp_path):
+    """val_acc needs a split on every branch; a parent value with no branch keeps base's (none)."""
+    spec = hpo_spec(tmp_path)
+    spec["base"] = {k: v for k, v in spec["base"].items() if k != "val_fraction"}
+    vf = {"when": "optimizer", "sgd": {"uniform": [0.1, 0.2]}, "adamw": {"uniform": [0.2, 0.3]}}
+    assert load_spec(write(tmp_path / "ok.yaml", {**spec, "space": {**SPACE, "val_fraction": vf}}))
+    del vf["adamw"]
+    with pytest.raises(SweepSpecError, match="needs a validation split"):
+        load_spec(write(tmp_path / "bad.yaml", {**spec, "space": {**SPACE, "val_fraction": vf}}))
+
+
 def test_bad_conditional_space_through_the_command(tmp_path):
     f = write(tmp_path / "s.yaml", {**hpo_spec(tmp_path), **BAD[6][0]})
     r = vggbn("sweep", f)

@@ -26,6 +26,10 @@ RESTORE_NOTE_PREFIX = "restore-"         # restore-<ns>.json: a damaged checkpoi
 BUDGET_FILE = "vggbn-budget.json"        # the spec's budget was reached: spent, trials not started
 WARM_START_FILE = "vggbn-warm-start.json"  # the earlier trials a search started with
 PBT_FILE = "vggbn-pbt.json"               # a PBT trial's schedule: values per run, donor trial + epoch
+# epochs.parquet of a PBT trial: pbt_<key> (the value in force), its donor and whether it exploited
+PBT_PREFIX = "pbt_"
+PBT_DONOR, PBT_DONOR_EPOCH, PBT_EXPLOIT = "pbt_donor_trial", "pbt_donor_epoch", "pbt_exploit"
+PBT_EXPLOITS, PBT_SCHEDULE = "pbt_exploits", "pbt_schedule"  # trials.parquet: how many, the schedule (JSON)
 
 # checkpoint_NNNNNN/ inside a trial directory
 CKPT_STATE = "state.pt"      # torch state (weights_only=True loadable), sha256 in meta.json

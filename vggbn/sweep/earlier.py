@@ -14,11 +14,10 @@ validation, which adds the sweep file's name).
 
 from __future__ import annotations
 
-import io
-import math
 from typing import TYPE_CHECKING, Any
 
 from ..schema import TRIALS
+from .optuna_space import finite, plain
 
 if TYPE_CHECKING:
     from .spec import SweepSpec
@@ -37,22 +36,20 @@ def _experiment(uri: str, key: str):
                          f"sweep first, or name where it is)") from None
 
 
-def trial_rows(uri: str, key: str) -> tuple[Any, SweepSpec, list[dict[str, Any]]]:
-    """(Experiment, its stored spec, its exported trials as dicts) of an earlier experiment."""
-    import pandas as pd
+def trial_rows(uri: str, key: str) -> tuple[SweepSpec, list[dict[str, Any]]]:
+    """(the stored spec, the exported trials as dicts) of an earlier experiment."""
+    from .experiment import ExperimentError
 
     exp, spec = _experiment(uri, key)
     try:
-        raw = exp.read_bytes(TRIALS)
-        df = pd.read_parquet(io.BytesIO(raw)) if raw else None
-    except Exception as e:  # noqa: BLE001  (damaged parquet: say which file)
-        raise ValueError(f"{key}: {exp.join(TRIALS)} is not readable ({type(e).__name__}); run "
-                         f"`vggbn export {exp.uri}` to rewrite it") from None
+        df = exp.read_parquet(TRIALS)
+    except ExperimentError as e:  # unreachable, damaged: its own words, under this spec's key
+        raise ValueError(f"{key}: {str(e).replace(chr(10) + 'Fix: ', '; ')}") from None
     if df is None or df.empty:
         raise ValueError(f"{key}: {exp.uri} has no exported trials ({TRIALS}); run `vggbn export "
                          f"{exp.uri}` (or let its sweep finish)")
     _not_pbt(spec, exp.uri, key)
-    return exp, spec, df.to_dict("records")
+    return spec, df.to_dict("records")
 
 
 def _not_pbt(spec: SweepSpec, uri: str, key: str) -> None:
@@ -64,16 +61,19 @@ def _not_pbt(spec: SweepSpec, uri: str, key: str) -> None:
                          f"config that gave its result; take the values from its schedule into base")
 
 
-def _finite(v) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v))
-
-
 # ---------------------------------------------------------------------- warm start
 def warm_start(spec: SweepSpec) -> tuple[list, str]:
-    """(Optuna trials for the study, a line saying what was taken) from spec.warm_start."""
+    """(Optuna trials for the study, a line saying what was taken) from spec.warm_start, read once
+    per loaded spec (load_spec checks it; the dry run and the searcher take the same trials)."""
+    if spec._warm is None:
+        spec._warm = _warm_start(spec)
+    return spec._warm
+
+
+def _warm_start(spec: SweepSpec) -> tuple[list, str]:
     from .optuna_space import warm_trials
 
-    _, old, rows = trial_rows(spec.warm_start, "warm_start")
+    old, rows = trial_rows(spec.warm_start, "warm_start")
     if [m for m, _ in old.objectives] != [m for m, _ in spec.objectives]:
         raise ValueError(f"warm_start: {spec.warm_start} optimised {old.metric}, this sweep "
                          f"{spec.metric}; warm-start only from a search of the same metric")
@@ -100,8 +100,8 @@ def resolve_base_from(raw: dict) -> dict:
     if not isinstance(metric, str) or not metric.startswith("val_"):
         raise ValueError(f"base_from.metric: {metric!r}; the base is chosen on a validation metric "
                          f"(val_acc or val_loss), never the test set")
-    _, old, rows = trial_rows(str(ref.get("experiment")), "base_from")
-    done = [r for r in rows if r.get("status") == "completed" and _finite(r.get(metric))]
+    old, rows = trial_rows(str(ref.get("experiment")), "base_from")
+    done = [r for r in rows if r.get("status") == "completed" and finite(r.get(metric))]
     if not done:
         raise ValueError(f"base_from: {ref['experiment']} has no completed trial with {metric} (its "
                          f"trials need a validation split: base.val_fraction)")
@@ -121,14 +121,9 @@ def resolve_base_from(raw: dict) -> dict:
     unknown = [k for k in keys if k not in best]
     if unknown:
         raise ValueError(f"base_from.keys: {unknown} are not config keys of {ref['experiment']}'s trials")
-    taken = {k: _plain(best[k]) for k in keys if k not in mine and (hasattr(best[k], "tolist") or _finite(best[k]))}
+    taken = {k: plain(best[k]) for k in keys if k not in mine and (hasattr(best[k], "tolist") or finite(best[k]))}
     ref.update(metric=metric, trial_id=str(best["trial_id"]), value=float(best[metric]), taken=taken)
     return {**raw, "base_from": ref, "base": {**taken, **(raw.get("base") or {})}}
-
-
-def _plain(v):
-    """A parquet cell as a YAML-able value: numpy scalars and arrays (probe_etas) as Python's."""
-    return v.tolist() if hasattr(v, "tolist") else v
 
 
 # ---------------------------------------------------------------------- one trial again

@@ -115,6 +115,31 @@ class Experiment:
         pq.write_table(table, buf)
         self.write_bytes(name, buf.getvalue())
 
+    def read_parquet(self, name: str):
+        """An exported parquet file as a DataFrame; None when absent. ExperimentError (with the fix)
+        when the store cannot be read or the file is damaged or not vggbn's."""
+        import pandas as pd
+
+        from ..schema import SURFACES, TRIALS
+
+        try:
+            raw = self.read_bytes(name)
+        except OSError as e:  # unreachable, denied
+            raise self.error(e) from None
+        if raw is None:
+            return None
+        fix = (f"Fix: `vggbn export {self.uri}` rewrites the export"
+               + ("" if name == TRIALS else f"; for {name}, delete it and run this again"))
+        try:
+            df = pd.read_parquet(io.BytesIO(raw))
+        except Exception as e:  # noqa: BLE001  (pyarrow raises several kinds for a damaged file)
+            raise ExperimentError(f"{self.join(name)}: not a readable parquet file ({type(e).__name__}).\n"
+                                  f"{fix}") from None
+        missing = [c for c in ("trial_id", "kind" if name == SURFACES else "status") if c not in df.columns]
+        if missing:
+            raise ExperimentError(f"{self.join(name)}: not a vggbn export (no column {', '.join(missing)}).\n{fix}")
+        return df
+
     def remove(self, name: str) -> bool:
         try:
             if not self.exists(name):

@@ -21,6 +21,7 @@ from ..schema import (BUDGET_FILE, EPOCH_EXTRA, EPOCH_METRICS, EPOCHS, PARQUET_M
                       TRIAL_DIR, TRIALS)
 from . import checkpoint, pbt_record
 from .experiment import Experiment, ExperimentError
+from .pbt import TYPES as PBT_TYPES
 from .spec import flat_config
 
 FINISHED = ("completed", "early_stopped", "diverged")
@@ -91,6 +92,7 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
     spec = exp.spec()
     budget = json.loads(exp.read_bytes(BUDGET_FILE) or b"null")  # the spec's budget was reached
     not_started = set((budget or {}).get("not_started", []))
+    is_pbt = spec.scheduler.type in PBT_TYPES  # only its trials have a vggbn-pbt.json to read
     started = time.monotonic()  # Ray's results are read here: part of the time per trial
     ea = _analysis(exp)
     driver = provenance()
@@ -104,7 +106,7 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
         meta = ckpts[0][1] if ckpts else {}
         saved = checkpoint.read_history(exp.fs, ckpts[0][0]) if ckpts else {"history": [], "steps": [], "probes": []}
         df = ea.trial_dataframes.get(tid)
-        pbt = pbt_record.read(exp, tid)  # a PBT trial's values per epoch and its donors
+        pbt = pbt_record.read(exp, tid) if is_pbt else None  # a PBT trial's values per epoch and donors
         if df is None or df.empty:
             df = pd.DataFrame(columns=list(EPOCH_METRICS))
         df = df[[c for c in df.columns if c in EPOCH_METRICS or c in EPOCH_EXTRA]]

@@ -103,10 +103,10 @@ def sample(spec: SweepSpec, n: int) -> list[dict[str, Any]]:
 def contains(dist, value) -> bool:
     import optuna.distributions as od
 
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if not finite(value):
         return False
     if isinstance(dist, od.CategoricalDistribution):
-        return any(value == c and type(value) is type(c) for c in dist.choices) or value in dist.choices
+        return value in dist.choices
     try:
         return dist.low <= float(value) <= dist.high
     except (TypeError, ValueError):
@@ -123,13 +123,12 @@ def warm_trials(spec: SweepSpec, rows: list[dict[str, Any]]) -> tuple[list, int]
     for row in rows:
         values = [row.get(m) for m in metrics]
         stopped = row.get("status") == "early_stopped"
-        if row.get("status") not in ("completed", "early_stopped") or any(
-                v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+        if row.get("status") not in ("completed", "early_stopped") or not all(map(finite, values)):
             continue
         if stopped and len(values) > 1:  # Optuna has no pruned trials in a multi-objective study
             continue
         dists = distributions(spec.space, row)
-        params = {name: _plain(row.get(key)) for name, (key, _) in dists.items()}
+        params = {name: plain(row.get(key)) for name, (key, _) in dists.items()}
         if not all(contains(dist, params[name]) for name, (_, dist) in dists.items()):
             outside += 1
             continue
@@ -147,6 +146,12 @@ def warm_trials(spec: SweepSpec, rows: list[dict[str, Any]]) -> tuple[list, int]
     return trials, outside
 
 
-def _plain(value):
-    """numpy scalars from a parquet row -> Python values Optuna stores."""
-    return value.item() if hasattr(value, "item") else value
+def plain(value):
+    """A parquet cell as a Python value (Optuna stores it, YAML writes it): numpy scalars and arrays
+    (probe_etas) as Python's."""
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def finite(value) -> bool:
+    """A value that was measured or set: not None, not NaN."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))

@@ -4,18 +4,12 @@ this module is imported only for `scheduler: {type: pb2}`; pbt.check refuses the
 
 from __future__ import annotations
 
-from ray.tune.schedulers import TrialScheduler
 from ray.tune.schedulers.pb2 import PB2
 
-from .schedulers import BudgetMixin, _snapshot_errored
+from .schedulers import PBTScheduler
 
 
-class PB2Scheduler(BudgetMixin, PB2):
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if result.get("final"):  # as PBTScheduler: no perturbation at a trial's last epoch
-            return TrialScheduler.CONTINUE
-        return super().on_trial_result(tune_controller, trial, result)
-
-    def on_trial_error(self, tune_controller, trial) -> None:
-        super().on_trial_error(tune_controller, trial)
-        _snapshot_errored(tune_controller, trial)
+class PB2Scheduler(PBTScheduler, PB2):
+    """PBTScheduler's rules (no perturbation at a trial's last epoch, the budget, the error
+    snapshot) over PB2's choice of new values (PB2 is a PopulationBasedTraining: the MRO puts
+    PBTScheduler's overrides first, then PB2's, then Ray's PBT)."""

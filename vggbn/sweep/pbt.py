@@ -142,9 +142,6 @@ def describe(spec: SweepSpec) -> list[str]:
                  spec.space[k].kind == "choice" for k in keys(spec)) else "") + ":"]
     for k in keys(spec):
         lines.append(f"  perturbed: {k} ~ {spec.space[k].describe()}")
-    fixed = [k for k in spec.space if k not in keys(spec)]
-    if fixed:
-        lines.append(f"  not perturbed, cloned with the weights: {', '.join(fixed)}")
     lines.append("  each trial's config is a schedule: epochs.parquet has the values per epoch "
                  "(pbt_<key>) and where the weights came from (pbt_donor_trial, pbt_donor_epoch)")
     return lines

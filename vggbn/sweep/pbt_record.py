@@ -24,10 +24,12 @@ from typing import Any
 
 from ..config import TrialConfig
 from ..schema import EPOCH_EXTRA, EPOCH_METRICS, PBT_FILE, SCHEMA_VERSION, TRIAL_DIR
+from ..schema import PBT_DONOR as DONOR
+from ..schema import PBT_DONOR_EPOCH as DONOR_EPOCH
+from ..schema import PBT_EXPLOIT as EXPLOIT
+from ..schema import PBT_EXPLOITS, PBT_SCHEDULE
+from ..schema import PBT_PREFIX as PREFIX
 from .spec import flat_config
-
-PREFIX = "pbt_"
-DONOR, DONOR_EPOCH, EXPLOIT = "pbt_donor_trial", "pbt_donor_epoch", "pbt_exploit"
 
 
 def _name(trial_id: str) -> str:
@@ -132,6 +134,6 @@ def merge(doc: dict, ray_epochs):
 def trial_columns(doc: dict) -> dict[str, Any]:
     """trials.parquet: how many exploits, and the schedule (the config is one, not one value)."""
     segs = doc["segments"]
-    return {"pbt_exploits": sum(s["donor_trial"] is not None for s in segs),
-            "pbt_schedule": json.dumps([{k: s[k] for k in ("start_epoch", "values", "donor_trial",
+    return {PBT_EXPLOITS: sum(s["donor_trial"] is not None for s in segs),
+            PBT_SCHEDULE: json.dumps([{k: s[k] for k in ("start_epoch", "values", "donor_trial",
                                                             "donor_epoch")} for s in segs])}

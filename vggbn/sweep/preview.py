@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from .spec import SweepSpec
 
 DRY_RUN_LINES = 200
-TPE_STARTUP = 10  # optuna.samplers.TPESampler's n_startup_trials, which search.py leaves as it is
+TPE_STARTUP = 10  # TPESampler's n_startup_trials (search.py passes it): TPE's random start
 
 
 # Approximate on-demand list prices in USD per instance-hour and the GPUs they carry (AWS, us-east-1

@@ -43,7 +43,7 @@ class BudgetMixin:
         b = getattr(self, "budget", None)
         if b is not None:
             trials = tune_controller.get_trials()
-            from .status import resource_hours  # one formula for the budget and `vggbn status`
+            from .space import resource_hours  # one formula for the budget and `vggbn status`
 
             spent = resource_hours(sum((t.last_result or {}).get("time_total_s", 0.0) or 0.0 for t in trials),
                                    b["per_trial"])

@@ -247,10 +247,12 @@ def build(spec: SweepSpec, experiment: str):
     if spec.search == "optuna" or conditional:
         import optuna
 
+        from .preview import TPE_STARTUP  # the dry run lists these random-start draws
+
         # TPE (multi-objective too: MOTPE); a conditional random search is Optuna's random sampler
-        sampler = (optuna.samplers.TPESampler(seed=spec.seed) if spec.search == "optuna"
-                   else optuna.samplers.RandomSampler(seed=spec.seed))
-        param_space = {k: v for k, v in spec.param_space().items() if k not in spec.space}
+        sampler = (optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=TPE_STARTUP)
+                   if spec.search == "optuna" else optuna.samplers.RandomSampler(seed=spec.seed))
+        param_space = dict(spec.base)  # Optuna draws every searched key (cases are refused with it)
         return _optuna(spec, sampler, experiment), param_space, spec.num_samples, []
     from ray.tune.search import BasicVariantGenerator
 

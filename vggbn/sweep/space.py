@@ -202,8 +202,8 @@ class BaseFrom(BaseModel):
     model_config = ConfigDict(extra="forbid")
     experiment: str = Field(description="the earlier experiment directory or URI")
     metric: str = Field("val_acc", description="chosen on this validation metric (never test_*)")
-    keys: list[str] | None = Field(None, description="the keys to take (default: what it searched, "
-                                   "and its base)")
+    keys: list[str] | None = Field(None, description="the keys to take (default: the keys it "
+                                   "searched)")
     trial_id: str | None = Field(None, description="the trial taken (default: the best)")
     value: float | None = Field(None, description="its metric value (filled when resolved)")
     taken: dict[str, Any] | None = Field(None, description="what went into base (filled when resolved)")
@@ -266,6 +266,12 @@ class Resources(BaseModel):
     @property
     def trial_gpu(self) -> float:
         return self.worker_gpu * self.n_workers
+
+
+def resource_hours(trial_seconds: float, per_trial: float) -> float:
+    """Trial time x the resources each trial holds, in hours: what a budget counts (the scheduler,
+    with the sum of every trial's last `time_total_s`) and what `vggbn status` shows."""
+    return trial_seconds * per_trial / 3600
 
 
 class Budget(BaseModel):

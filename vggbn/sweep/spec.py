@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from ..config import ConfigError, TrialConfig, suggest
 from ..schema import COSTS, METRICS, SCHEMA_VERSION
@@ -37,6 +38,7 @@ class SweepSpec(BaseModel):
     """One sweep file. `base` + `space` are TrialConfig keys, checked before anything starts."""
 
     model_config = ConfigDict(extra="forbid")
+    _warm: tuple | None = PrivateAttr(None)  # earlier.warm_start's result: its export read once
     schema_version: int = Field(SCHEMA_VERSION, ge=1, description="the spec format (set when stored)")
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=100,
                       description="experiment directory name: letters, digits, _ . - (not starting "
@@ -138,8 +140,10 @@ class SweepSpec(BaseModel):
         self._check_objectives()
         for metric, _ in self.objectives:
             if metric.startswith("val_"):
-                fracs = ([d.values for k, d in self.space.items() if k == "val_fraction"] or
-                         [[base.val_fraction]])[0]
+                d = self.space.get("val_fraction")  # a conditional one: every branch's values
+                fracs = d.probe_values() if d is not None else [base.val_fraction]
+                if d is not None and d.kind == "when" and len(d.branches) < len(self.space[d.when].values):
+                    fracs.append(base.val_fraction)  # a parent value without a branch keeps base's
                 if not all(f and f > 0 for f in fracs):
                     raise ValueError(f"metric: {metric} needs a validation split: set "
                                      f"base.val_fraction (e.g. 0.1)")

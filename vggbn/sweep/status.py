@@ -20,20 +20,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import progress
-from ..config import ConfigError, TrialConfig
 from ..schema import BUDGET_FILE, TRIALS
 from .experiment import Experiment, ExperimentError
-from .export import FINISHED, _status
-from .spec import CASE_KEY, flat_config
+from .export import FINISHED, _status, trial_config
+from .space import resource_hours
+from .spec import CASE_KEY
 
 STATE_GLOB = "experiment_state-*.json"
 STALE_S = 120.0  # no snapshot for this long (and 20 of Ray's periods) while work is left: no driver
-
-
-def resource_hours(trial_seconds: float, per_trial: float) -> float:
-    """Trial time x the resources each trial holds, in hours: what the spec's budget counts
-    (schedulers.BudgetMixin calls this with the sum of every trial's last `time_total_s`)."""
-    return trial_seconds * per_trial / 3600
 
 
 def _read_state(exp: Experiment, name: str) -> tuple[dict, list[tuple[dict, dict]]]:
@@ -55,13 +49,10 @@ def _read_state(exp: Experiment, name: str) -> tuple[dict, list[tuple[dict, dict
 
 
 def _finished_trial(exp: Experiment, tid: str, raw: dict) -> tuple[dict, str | None]:
-    """(the trial's resolved config, its error or None): the stored config, as the export reads it."""
-    stored, error = exp.trial_config(tid), exp.trial_error(tid)
-    try:
-        cfg = TrialConfig.from_stored(stored) if stored is not None else TrialConfig.from_flat(flat_config(raw))
-        return cfg.to_flat(), error
-    except ConfigError as e:
-        return {}, error or str(e)
+    """(the trial's resolved config, its error or None), as the export reads them (no checkpoint
+    is opened: a trial that ran has its stored config)."""
+    cfg, note = trial_config(exp, tid, raw, [])
+    return cfg, exp.trial_error(tid) or note
 
 
 def status(path: str, now: float | None = None) -> dict:

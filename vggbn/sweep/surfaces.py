@@ -8,7 +8,6 @@ for this time are kept.
 
 from __future__ import annotations
 
-import io
 import os
 
 from ..schema import SURFACES, TRIALS
@@ -45,28 +44,6 @@ def _counting(map_chunks, points):
     return run
 
 
-def _read_parquet(exp: Experiment, name: str):
-    import pandas as pd
-
-    try:
-        raw = exp.read_bytes(name)
-    except OSError as e:  # unreachable, denied
-        raise exp.error(e) from None
-    if raw is None:
-        return None
-    fix = (f"Fix: `vggbn export {exp.uri}` rewrites the export"
-           + ("" if name == TRIALS else f"; for {name}, delete it and run this again"))
-    try:
-        df = pd.read_parquet(io.BytesIO(raw))
-    except Exception as e:  # noqa: BLE001  (pyarrow raises several kinds for a damaged file)
-        raise ExperimentError(f"{exp.join(name)}: not a readable parquet file ({type(e).__name__}).\n"
-                              f"{fix}") from None
-    missing = [c for c in ("trial_id", "kind" if name == SURFACES else "status") if c not in df.columns]
-    if missing:
-        raise ExperimentError(f"{exp.join(name)}: not a vggbn export (no column {', '.join(missing)}).\n{fix}")
-    return df
-
-
 def landscape(path: str, *, trial_ids: list[str] | None = None, resolution: int = 21,
               samples: int = 2048, seed: int = 0, address: str | None = None) -> dict:
     """Li et al. surfaces around the final checkpoint of each (chosen) trial."""
@@ -78,7 +55,7 @@ def landscape(path: str, *, trial_ids: list[str] | None = None, resolution: int 
 
     exp = Experiment(path)
     exp.spec()  # a clear error when this is not a sweep directory
-    trials = _read_parquet(exp, TRIALS)
+    trials = exp.read_parquet(TRIALS)
     if trials is None:
         raise ExperimentError(f"{exp.uri}: no {TRIALS} here.\nFix: run the sweep to its end "
                               f"(`vggbn resume {exp.uri}`) or `vggbn export {exp.uri}` first.")
@@ -110,7 +87,7 @@ def landscape(path: str, *, trial_ids: list[str] | None = None, resolution: int 
     if not frames:
         raise ExperimentError(f"{exp.uri}: no trial with a usable checkpoint (skipped: {', '.join(skipped)})")
     new = pd.concat(frames, ignore_index=True)
-    old = _read_parquet(exp, SURFACES)
+    old = exp.read_parquet(SURFACES)
     if old is not None:  # keep the surfaces of trials not recomputed now
         new = pd.concat([old[~old["trial_id"].isin(new["trial_id"])], new], ignore_index=True)
     import pyarrow as pa
