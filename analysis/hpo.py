@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import plots
-from .tradeoffs import pareto_front
+from analysis import plots
+from analysis.tradeoffs import pareto_front
 
 __all__ = ["objectives", "metric_column", "pareto_trials", "importance", "parallel_coordinates",
            "report_sections"]

@@ -1,6 +1,6 @@
 """Population Based Training in the report: each trial's schedule of the perturbed values over
 epochs, its exploits (the epoch it continued from another trial's checkpoint) marked, and the
-table of exploits. Reads only the export's per-epoch columns (vggbn.sweep.pbt_record writes them):
+table of exploits. Reads only the export's per-epoch columns (vggbn.store.pbt_record writes them):
 pbt_<key> (the value in force), pbt_donor_trial, pbt_donor_epoch, pbt_exploit."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from vggbn.schema import PBT_DONOR_EPOCH as DONOR_EPOCH
 from vggbn.schema import PBT_EXPLOIT as EXPLOIT
 from vggbn.schema import PBT_PREFIX
 
-from . import plots
+from analysis import plots
 
 _NOT_KEYS = {DONOR, DONOR_EPOCH, EXPLOIT}
 

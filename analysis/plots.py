@@ -207,7 +207,7 @@ def bn_pairs(trials: pd.DataFrame, ids: list[str], max_pairs: int = 2) -> list[s
     """Trials that differ only in BN, in pairs (the first `max_pairs` setups in trial order); when
     no such pairs exist, the first `max_pairs` trials without BN and with BN (a figure of every
     trial would be unreadable)."""
-    from .results import swept_keys
+    from analysis.results import swept_keys
 
     t = trials[trials["trial_id"].isin(ids)].sort_values("trial_id")
     keys = [k for k in swept_keys(t) if k not in ("bn", "seed")]

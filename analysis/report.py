@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from vggbn import progress, storage
+from vggbn import progress
+from vggbn import uri as storage
 from vggbn.files import write_atomic
 
-from . import hpo, pbt, plots, smoothness, stats, table, tradeoffs
-from .report_html import render
-from .results import load, swept_keys
+from analysis import hpo, pbt, plots, smoothness, stats, table, tradeoffs
+from analysis.report_html import render
+from analysis.results import load, swept_keys
 
 
 def optimization_figures(results, figs: Path) -> list[tuple[str, Path, str]]:
@@ -193,7 +194,7 @@ def _effects_section(effects: dict, metric: str) -> list[str]:
 
 def _adaptive_sweeps(results):
     """(stored spec, its trials) of each sweep run with adaptive seeds."""
-    from vggbn.sweep.spec import SweepSpec
+    from vggbn.spec.model import SweepSpec
 
     for meta in results.specs:
         raw = meta.get("spec") or {}
@@ -221,7 +222,7 @@ def _adaptive_cis(tab, info: dict, adaptive: list):
 def _seeds_section(adaptive: list) -> list[str]:
     """Adaptive seeds: per variant, the seeds used, the corrected CI half-width, whether the target
     was met; the trial-epochs spent against a fixed grid of `max` seeds."""
-    from vggbn.sweep.spec import points
+    from vggbn.spec.model import points
 
     md = []
     for spec, t in adaptive:

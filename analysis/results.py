@@ -23,22 +23,19 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from vggbn import storage
+from vggbn import uri as storage
 from vggbn.config import PRESETS, TrialConfig
+from vggbn.errors import ResultsError
 from vggbn.schema import (EPOCHS, PARQUET_META_KEY, PBT_DONOR, PROBES, SCHEMA_VERSION, SPEC_FILE, STATUSES, STEPS,
                           SURFACES, TRIALS)
 
-from . import columns
+from analysis import columns
 
 # knobs that change how a trial runs, not what it computes: not part of a variant
 EXECUTION_KEYS = {"seed", "data_dir", "device", "cpu_threads", "compile", "eval_batch_size",
                   "record_steps"}
 CONFIG_KEYS = list(TrialConfig.model_fields)
 FRAMES = ("trials", "epochs", "steps", "probes", "surfaces")
-
-
-class ResultsError(ValueError):
-    """A results directory that cannot be analysed: names the file and the fix."""
 
 
 @dataclass(repr=False)
@@ -151,8 +148,8 @@ class Results:
         table's order: label, section, sweep(s), the values of `keys` (default: the swept keys),
         `trials` (all seeds) and the status counts, and over the completed trials' final `metric`:
         n, mean, std and the 95% t CI (analysis.stats.mean_ci, as in the comparison table)."""
-        from .stats import mean_ci
-        from .table import _ordered
+        from analysis.stats import mean_ci
+        from analysis.table import _ordered
 
         t = self.trials
         if metric not in t:

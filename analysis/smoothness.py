@@ -111,7 +111,7 @@ def per_probe(probes: pd.DataFrame) -> pd.DataFrame:
 def smoothness_comparison(trials: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
     """One row per setup (the swept keys other than bn and seed) with BN and no-BN trials: test
     accuracy of each side, median β and gradient difference, the BN / no-BN ratio with its CI."""
-    from .results import swept_keys
+    from analysis.results import swept_keys
 
     t = trials[trials["status"].isin(["completed", "early_stopped", "diverged"])]
     at_step = per_probe(probes)

@@ -162,7 +162,7 @@ class Effects:
 def design_factors(trials: pd.DataFrame) -> list[str]:
     """The swept keys (seed excluded) that are not a function of another factor: a preset sweep's
     flags follow from the preset, so its one factor is the preset."""
-    from .results import swept_keys
+    from analysis.results import swept_keys
 
     keys = sorted(swept_keys(trials), key=lambda k: k != "preset")
     factors: list[str] = []

@@ -19,8 +19,8 @@ import pandas as pd
 from vggbn.config import PRESETS, TrialConfig
 from vggbn.files import write_atomic
 
-from .results import ResultsError, status_counts
-from .stats import ALPHA, fmt_p, hedges_g, holm, mean_ci, paired, welch
+from analysis.results import ResultsError, status_counts
+from analysis.stats import ALPHA, fmt_p, hedges_g, holm, mean_ci, paired, welch
 
 SECTION_ORDER = ["Loss function", "Network structure", "Optimizer", "Variants"]
 REFERENCE_CSV = Path(__file__).with_name("reference.csv")

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import plots
+from analysis import plots
 
 __all__ = ["COSTS", "pareto_front", "pareto_table", "pareto_markdown", "pareto_figure", "report_sections"]
 

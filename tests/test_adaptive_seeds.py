@@ -11,9 +11,9 @@ import yaml
 from scipy import stats as sps
 
 from conftest import SWEEPS, vggbn
-from vggbn.sweep.experiment import Experiment
+from vggbn.store.experiment import Experiment
 from vggbn.sweep.search import FAILED, PlanSearch
-from vggbn.sweep.spec import SweepSpec
+from vggbn.spec.model import SweepSpec
 
 RULE = {"min": 2, "max": 6, "ci_halfwidth": 0.5}
 

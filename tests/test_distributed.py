@@ -19,8 +19,8 @@ import yaml
 
 from conftest import tiny, wait_for
 from vggbn.schema import EPOCH_EXTRA, EPOCH_METRICS
-from vggbn.sweep.checkpoint import list_checkpoints, load_state
-from vggbn.sweep.spec import SweepSpecError, load_spec
+from vggbn.store.checkpoint import list_checkpoints, load_state
+from vggbn.spec.model import SweepSpecError, load_spec
 
 pytestmark = pytest.mark.timeout(400)
 EPOCHS, EVERY, KILL_AT = 4, 2, 3  # rank 1 dies as it starts epoch 3; the checkpoint is epoch 2's
@@ -188,7 +188,7 @@ def test_probes_need_one_process(tmp_path):
 
 
 def test_resources_count_every_worker(tmp_path):
-    from vggbn.sweep.spec import dry_run
+    from vggbn.spec.model import dry_run
 
     s = load_spec(_spec(tmp_path, gpu=2))  # gpu: 2 = 2 workers x 1 GPU
     r = s.resources

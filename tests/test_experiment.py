@@ -17,9 +17,9 @@ import torch
 import yaml
 
 from conftest import DATA, SWEEPS, vggbn
-from vggbn.sweep import checkpoint
-from vggbn.sweep.experiment import Experiment, ExperimentError
-from vggbn.sweep.spec import SweepSpecError
+from vggbn.store import checkpoint
+from vggbn.store.experiment import Experiment, ExperimentError
+from vggbn.spec.model import SweepSpecError
 
 OLD = DATA / "exp_08213c0" / "smoke"  # made by tests/data/make_exp_08213c0.sh
 

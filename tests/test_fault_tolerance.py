@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from conftest import SWEEPS, tiny, vggbn, wait_for
-from vggbn.sweep.checkpoint import resume_state
+from vggbn.store.checkpoint import resume_state
 
 pytestmark = pytest.mark.timeout(600)
 TINY = tiny(width=0.125, cpu_threads=0)  # threads: the CPUs Ray gives each trial

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import SWEEPS, tiny, vggbn
 from vggbn.config import TrialConfig
-from vggbn.sweep.spec import SweepSpecError, load_spec
+from vggbn.spec.model import SweepSpecError, load_spec
 from vggbn.train import fit, lr_factor
 
 HI = 0.02  # the top of the lr range: a perturbed value is clipped to it

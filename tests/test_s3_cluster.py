@@ -79,9 +79,9 @@ def test_storage_uris_keep_their_query_and_their_scheme(tmp_path):
     experiment's path is made; Ray gets the filesystem built from the URI plus the plain path; a
     bucket's report goes to reports/<name>/ (never a local `s3:/...`)."""
     from analysis.report import default_out
-    from vggbn import storage
-    from vggbn.sweep.experiment import Experiment, ExperimentError
-    from vggbn.sweep.spec import load_spec
+    from vggbn import uri as storage
+    from vggbn.store.experiment import Experiment, ExperimentError
+    from vggbn.spec.model import load_spec
 
     q = "endpoint_override=127.0.0.1:9000&scheme=http"
     spec = load_spec(SWEEPS / "smoke.yaml", {"storage": f"s3://bkt/a/b/?{q}"})

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import SWEEPS, tiny, vggbn
-from vggbn.sweep.spec import SweepSpecError, load_spec, stored_spec
+from vggbn.spec.model import SweepSpecError, load_spec, stored_spec
 
 SGD, ADAMW = (0.01, 0.4), (1e-4, 3e-3)
 SPACE = {"optimizer": {"choice": ["sgd", "adamw"]},
@@ -78,7 +78,7 @@ def test_conditional_random_search_draws_each_branch_in_its_range(tmp_path):
     """search: random with a conditional space: Optuna's random sampler with the spec's seed, the
     same draws as the dry run lists, each lr in its optimizer's range, momentum only under SGD."""
     from vggbn.sweep import search
-    from vggbn.sweep.optuna_space import sample
+    from vggbn.plan.optuna_space import sample
 
     spec = load_spec(write(tmp_path / "r.yaml", hpo_spec(tmp_path, search="random", num_samples=30)))
     alg, param_space, n, _ = search.build(spec, str(tmp_path / "hpo"))

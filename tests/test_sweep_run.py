@@ -16,7 +16,7 @@ from test_data import fake_fmnist
 from vggbn.config import TrialConfig
 from vggbn.schema import EPOCH_METRICS
 from vggbn.sweep.runner import run_sweep
-from vggbn.sweep.spec import SweepSpec
+from vggbn.spec.model import SweepSpec
 
 pytestmark = pytest.mark.timeout(600)
 

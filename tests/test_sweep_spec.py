@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from conftest import SWEEPS, vggbn
-from vggbn.sweep import SweepSpecError, dry_run, load_spec
+from vggbn.spec.model import SweepSpecError, dry_run, load_spec
 OK = {"name": "t", "base": {"dataset": "synthetic", "epochs": 4}, "space": {"bn": {"grid": [False, True]}}}
 
 

@@ -1,3 +1,3 @@
-from .cli import run
+from vggbn.cli import run
 
 run()

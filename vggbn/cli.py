@@ -17,13 +17,10 @@ from typing import Any
 
 import yaml
 
-from .config import DEFAULT_RECIPE, RECIPES, ConfigError, TrialConfig, earlier_preset_with_same_config
+from vggbn.errors import UsageError, VggbnError
+from vggbn.config import DEFAULT_RECIPE, RECIPES, ConfigError, TrialConfig, earlier_preset_with_same_config
 
 EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """Bad input from the command line: printed as 'vggbn: error: ...', exit code 2."""
 
 
 def parse_sets(items: list[str] | None, where: str = "--set") -> dict[str, Any]:
@@ -44,8 +41,8 @@ def parse_sets(items: list[str] | None, where: str = "--set") -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    from .data import load
-    from .train import resolve_device, run
+    from vggbn.data import load
+    from vggbn.train import resolve_device, run
 
     flat = parse_sets(args.set)
     for key in ("preset", "recipe"):
@@ -84,8 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _stored_trial(args: argparse.Namespace, flat: dict[str, Any]) -> TrialConfig:
     """`--from DIR --trial ID`: the trial's resolved config as it trained (--set changes a key)."""
-    from .sweep.earlier import trial_config
-    from .sweep.experiment import ExperimentError
+    from vggbn.plan.earlier import trial_config
+    from vggbn.store.experiment import ExperimentError
 
     if not (args.source and args.trial):
         raise UsageError("--from and --trial go together.\nFix: e.g. vggbn train --from results/hpo "
@@ -112,7 +109,7 @@ def _stored_trial(args: argparse.Namespace, flat: dict[str, Any]) -> TrialConfig
 
 # ---------------------------------------------------------------------- presets
 def cmd_presets(args: argparse.Namespace) -> int:
-    from .models import preset_rows
+    from vggbn.models import preset_rows
 
     rows = preset_rows()
     if args.json:
@@ -136,15 +133,15 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- sweeps (Ray)
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep.experiment import Experiment
-    from .sweep.export import summary_text
-    from .sweep.spec import dry_run, load_spec
+    from vggbn.store.experiment import Experiment
+    from vggbn.sweep.export import summary_text
+    from vggbn.spec.model import dry_run, load_spec
 
     spec = load_spec(args.file, parse_sets(args.set))
     if args.dry_run:
         print(dry_run(spec))
         return 0
-    from .sweep.runner import resume_sweep, run_sweep
+    from vggbn.sweep.runner import resume_sweep, run_sweep
 
     exp = Experiment(spec.experiment_path())
     if args.resume and exp.has_ray_state():
@@ -161,30 +158,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .sweep.export import summary_text
-    from .sweep.runner import resume_sweep
+    from vggbn.sweep.export import summary_text
+    from vggbn.sweep.runner import resume_sweep
 
     print(summary_text(resume_sweep(args.path, address=args.address)))
     return 0
 
 
 def cmd_extend(args: argparse.Namespace) -> int:
-    from .sweep.export import summary_text
-    from .sweep.runner import extend_sweep
+    from vggbn.sweep.export import summary_text
+    from vggbn.sweep.runner import extend_sweep
 
     print(summary_text(extend_sweep(args.path, parse_sets(args.set), address=args.address)))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .sweep.export import export, summary_text
+    from vggbn.sweep.export import export, summary_text
 
     print(summary_text(export(args.path)))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .sweep.status import status, status_text
+    from vggbn.sweep.status import status, status_text
 
     st = status(args.path)
     print(json.dumps(st, indent=1) if args.json else status_text(st))
@@ -201,7 +198,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_landscape(args: argparse.Namespace) -> int:
-    from .sweep.surfaces import landscape
+    from vggbn.sweep.surfaces import landscape
 
     if args.resolution < 2 or args.samples < 1:
         raise UsageError(f"--resolution {args.resolution} / --samples {args.samples}: need a resolution of "
@@ -210,7 +207,7 @@ def cmd_landscape(args: argparse.Namespace) -> int:
     from analysis.report import landscape_figures
     from analysis.results import load
 
-    from .storage import join
+    from vggbn.uri import join
 
     load(args.path)  # the export the figures read (local or in the bucket): a damaged one fails first
     summary = landscape(args.path, trial_ids=args.trials, resolution=args.resolution,
@@ -227,7 +224,7 @@ def cmd_landscape(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- AWS setup
 def cmd_cluster_init(args: argparse.Namespace) -> int:
-    from . import cluster
+    from vggbn import cluster
 
     if args.delete:
         lines = cluster.delete(region=args.region, name=args.name, config=args.config)
@@ -333,20 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .sweep.spec import SweepSpecError
-
-    def loaded_errors() -> tuple[type[Exception], ...]:
-        # DataError and ResultsError, where their modules are loaded (else they cannot have been
-        # raised): a bad flag or sweep file fails without the seconds of importing torch and pandas
-        where = {"vggbn.data": "DataError", "analysis.results": "ResultsError", "vggbn.cluster": "ClusterInitError",
-                 "vggbn.storage": "StorageError"}
-        return tuple(getattr(sys.modules[m], name) for m, name in where.items() if m in sys.modules)
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, ConfigError, SweepSpecError, *loaded_errors()) as e:  # evaluated on a raise
+    except VggbnError as e:
         if args.debug:
             raise
         print(f"vggbn {args.command}: error: {e}", file=sys.stderr)

@@ -22,13 +22,11 @@ from typing import Any
 
 import yaml
 
+from vggbn.errors import ClusterInitError
+
 TAG = "vggbn:cluster-init"
 TRUST = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
-
-
-class ClusterInitError(Exception):
-    """Bad input or an AWS refusal: printed as one message, exit code 2."""
 
 
 # ---------------------------------------------------------------------- inputs
@@ -295,7 +293,7 @@ def init(bucket: str, ssh_cidr: str, *, out: str | Path, region: str | None = No
             + yaml.safe_dump(cfg, sort_keys=False, width=120))
     unchanged = out.exists() and out.read_text() == text
     if not unchanged:
-        from .files import write_atomic
+        from vggbn.files import write_atomic
 
         write_atomic(out, text)
     if not log:

@@ -12,16 +12,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vggbn.errors import ConfigError
+
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
 DEFAULT_RECIPE = "strong"
 # `augment: auto` turns crop + flip on where it is the dataset's standard augmentation and helps.
 # On Fashion-MNIST (vgg_a_bn, width 0.25) it cost accuracy for at least 10 epochs (README figures).
 AUTO_AUGMENT = {"cifar10": True, "cifar100": True, "fashion_mnist": False, "synthetic": False}
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "elu", "silu")
-
-
-class ConfigError(ValueError):
-    """A trial or sweep configuration that cannot run; the message is meant for a person."""
 
 
 class TrialConfig(BaseModel):

@@ -32,16 +32,14 @@ import torch
 import torch.nn.functional as F
 from filelock import FileLock
 
+from vggbn.errors import DataError
+
 SPLIT_SEED = 0  # validation split and train_subset: the same images for every trial seed
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "synthetic": 10}
 FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR = {"cifar10": ("CIFAR10", "cifar-10-python.tar.gz", "cifar-10-batches-py"),
          "cifar100": ("CIFAR100", "cifar-100-python.tar.gz", "cifar-100-python")}
-
-
-class DataError(RuntimeError):
-    """The dataset cannot be found or fetched; the message says where we looked and how to fix it."""
 
 
 def _user_cache() -> Path:

@@ -18,9 +18,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .config import TrialConfig
-from .data import load
-from .models import build_model
+from vggbn.config import TrialConfig
+from vggbn.data import load
+from vggbn.models import build_model
 
 
 def filter_normalized_direction(model: nn.Module, gen: torch.Generator) -> list[torch.Tensor]:

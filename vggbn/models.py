@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import PRESETS, TrialConfig
+from vggbn.config import PRESETS, TrialConfig
 
 M = "M"  # 2x2 max-pool
 # arch name -> (conv layer list, classifier hidden size at width 1)
@@ -137,7 +137,7 @@ def model_cost(cfg) -> tuple[float, int]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .data import NUM_CLASSES
+    from vggbn.data import NUM_CLASSES
 
     channels = 1 if cfg.dataset == "fashion_mnist" else 3
     model = build_model(cfg, channels, NUM_CLASSES.get(cfg.dataset, 10)).eval()

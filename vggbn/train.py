@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ConfigError, TrialConfig
-from .data import DeviceData, load
-from .files import write_atomic
-from .models import build_model, count_params
-from .probes import probe, rng_state
+from vggbn.config import ConfigError, TrialConfig
+from vggbn.data import DeviceData, load
+from vggbn.files import write_atomic
+from vggbn.models import build_model, count_params
+from vggbn.probes import probe, rng_state
 
 
 OnEpoch = Callable[[dict[str, Any], dict[str, Any]], None]
@@ -284,7 +284,7 @@ class RunDir:
     metrics.jsonl one line an epoch, result.json (and steps.jsonl) at the end."""
 
     def __init__(self, out: Path, cfg: TrialConfig, device: torch.device):
-        from .provenance import provenance
+        from vggbn.provenance import provenance
 
         self.out, self.cfg, self.prov = Path(out), cfg, provenance(device)
         write_atomic(self.out / "config.json", json.dumps(cfg.to_flat(), indent=2) + "\n")

@@ -1,30 +1,32 @@
-"""Everything that touches Ray, one concern per module (see the README's "Architecture").
+"""The Ray layer: runner, trainable, export, status, surfaces, schedulers/, search/, callbacks/.
 
-Importing this package imports no Ray: spec.py needs none, and the names below that do are loaded
-on first use. The names `FIFO`, `PersistentASHA`, `SchedulerState` and `vggbn_trial` stay
-importable here because Ray's `tuner.pkl` of sweeps started before this package existed refers to
-them as `vggbn.sweep.<name>`.
+Importing this package imports no Ray: the names below are loaded on first use. Old experiments
+pickled some names by their module paths of earlier releases: `vggbn.sweep.FIFO`,
+`vggbn.sweep.PersistentASHA`, `vggbn.sweep.SchedulerState`, `vggbn.sweep.vggbn_trial` (here) and
+the modules that have moved since (compat.py).
 """
 
 from __future__ import annotations
 
-from .spec import CASE_KEY, SweepSpec, SweepSpecError, dry_run, flat_config, load_spec
+from importlib import import_module
+
+from vggbn.sweep import compat
+
+compat.install()
 
 _LAZY = {
-    "run_sweep": "runner", "resume_sweep": "runner", "build_tuner": "runner", "check_ray": "runner",
-    "export": "export", "landscape": "surfaces", "Experiment": "experiment",
-    "ExperimentError": "experiment",
-    # module paths of the release before 2026-11-28, as pickled in its tuner.pkl
-    "FIFO": "schedulers", "PersistentASHA": "schedulers", "SchedulerState": "schedulers",
-    "vggbn_trial": "trainable",
+    "run_sweep": "vggbn.sweep.runner", "resume_sweep": "vggbn.sweep.runner",
+    "build_tuner": "vggbn.sweep.runner", "check_ray": "vggbn.sweep.runner",
+    "export": "vggbn.sweep.export", "landscape": "vggbn.sweep.surfaces",
+    # names that tuner.pkl files of earlier releases hold as vggbn.sweep.<name>
+    "FIFO": "vggbn.sweep.schedulers", "PersistentASHA": "vggbn.sweep.schedulers",
+    "SchedulerState": "vggbn.sweep.schedulers", "vggbn_trial": "vggbn.sweep.trainable",
 }
 
-__all__ = ["CASE_KEY", "SweepSpec", "SweepSpecError", "dry_run", "flat_config", "load_spec", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        from importlib import import_module
-
-        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,14 +15,14 @@ import logging
 import time
 import warnings
 
-from .. import progress
-from ..config import ConfigError, TrialConfig
-from ..schema import (BUDGET_FILE, EPOCH_EXTRA, EPOCH_METRICS, EPOCHS, PARQUET_META_KEY, PROBES, SCHEMA_VERSION, STEPS,
-                      TRIAL_DIR, TRIALS)
-from . import checkpoint, pbt_record
-from .experiment import Experiment, ExperimentError
-from .pbt import TYPES as PBT_TYPES
-from .spec import flat_config
+from vggbn import progress
+from vggbn.config import ConfigError, TrialConfig
+from vggbn.schema import (BUDGET_FILE, EPOCH_EXTRA, EPOCH_METRICS, EPOCHS, PARQUET_META_KEY, PROBES, SCHEMA_VERSION,
+                          STEPS, TRIAL_DIR, TRIALS)
+from vggbn.store import checkpoint, pbt_record
+from vggbn.store.experiment import Experiment, ExperimentError
+from vggbn.sweep.schedulers.pbt import TYPES as PBT_TYPES
+from vggbn.spec.model import flat_config
 
 FINISHED = ("completed", "early_stopped", "diverged")
 
@@ -86,7 +86,7 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
     import pandas as pd
     import pyarrow as pa
 
-    from ..provenance import provenance
+    from vggbn.provenance import provenance
 
     exp = Experiment(path)
     spec = exp.spec()

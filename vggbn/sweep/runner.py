@@ -12,12 +12,12 @@ import os
 import time
 from typing import Any
 
-from ..config import TrialConfig
-from ..schema import TRIAL_DIR
-from .distributed import with_concurrency
-from .experiment import Experiment, ExperimentError
-from . import tracking
-from .spec import CASE_KEY, SweepSpec, SweepSpecError
+from vggbn.config import TrialConfig
+from vggbn.schema import TRIAL_DIR
+from vggbn.sweep.data_parallel import with_concurrency
+from vggbn.store.experiment import Experiment, ExperimentError
+from vggbn.spec import tracking
+from vggbn.spec.model import CASE_KEY, SweepSpec, SweepSpecError
 
 DRIVER_MEMORY = 256 * 2**20  # what a data-parallel trial's driver reserves (Tune needs a nonzero request)
 RAY_TESTED = ("2.60",)  # the Ray releases the test suite ran on (pyproject.toml pins these)
@@ -83,7 +83,7 @@ def _check_gpus(spec: SweepSpec, local: bool) -> None:
 def prepare_data(spec: SweepSpec) -> SweepSpec:
     """The driver fetches/decodes each dataset once before trials start; trials get an absolute
     data_dir (the per-node file lock in data.prepare stays as the fallback)."""
-    from .. import data
+    from vggbn import data
 
     datasets = (list(spec.space["dataset"].probe_values()) if "dataset" in spec.space
                 else [TrialConfig.from_flat({**spec.base, **c}).dataset for c in spec.cases or [{}]])
@@ -112,8 +112,8 @@ def _wait_for_final_upload(timeout: float = 600.0) -> None:
 def _trainable(spec: SweepSpec, exp: Experiment):
     from ray import tune
 
-    from . import pbt
-    from .trainable import vggbn_trial
+    from vggbn.sweep.schedulers import pbt
+    from vggbn.sweep.trainable import vggbn_trial
 
     perturbed = tuple(pbt.keys(spec)) if spec.scheduler.type in pbt.TYPES else ()
     workers = spec.resources.model_dump() if spec.resources.n_workers > 1 else None
@@ -150,8 +150,8 @@ def _trial_dirname(trial) -> str:
 def build_tuner(spec: SweepSpec, exp: Experiment | None = None):
     from ray import tune
 
-    from . import schedulers, search
-    from .progress import SweepProgress
+    from vggbn.sweep import schedulers, search
+    from vggbn.sweep.callbacks.progress import SweepProgress
 
     exp = exp or Experiment(spec.experiment_path())
     scheduler, callbacks = schedulers.build(spec)
@@ -184,7 +184,7 @@ def build_tuner(spec: SweepSpec, exp: Experiment | None = None):
 def run_sweep(spec: SweepSpec, *, address: str | None = None, prepare: bool = True) -> dict:
     """Claim the experiment directory, run the sweep to the end, then export. Returns the export's
     summary. A start that fails before any trial ran gives its claim back."""
-    from .export import export
+    from vggbn.sweep.export import export
 
     exp = Experiment(spec.experiment_path())
     tracking.check(spec.tracking)  # a missing extra fails before anything is claimed
@@ -213,7 +213,7 @@ def _plan_env(spec: SweepSpec, experiment: str | None = None):
     """For the Tuner's run: how many grid trials Ray keeps pending (search.pending_trials), and on
     resume where the experiment is now (the plan searcher re-reads its spec.yaml from there; the
     copy pickled at the start names where it was)."""
-    from .search import PLAN_SPEC_ENV, pending_trials
+    from vggbn.sweep.search import PLAN_SPEC_ENV, pending_trials
 
     env = {"TUNE_MAX_PENDING_TRIALS_PG": pending_trials(spec), PLAN_SPEC_ENV: experiment}
     env = {k: v for k, v in env.items() if v}
@@ -230,7 +230,7 @@ def resume_sweep(path: str, *, address: str | None = None) -> dict:
     last checkpoint, errored ones are retried (from their checkpoint)."""
     from ray import tune
 
-    from .export import export
+    from vggbn.sweep.export import export
 
     exp = Experiment(path)
     spec = exp.spec()
@@ -298,7 +298,7 @@ def _extension_problems(old: SweepSpec, new: SweepSpec) -> list[str]:
 def extend_sweep(path: str, overrides: dict[str, Any], *, address: str | None = None) -> dict:
     """More seeds or more variants for a grid sweep: the spec gains them, finished trials stay,
     the new ones join the same experiment (and its table) through the plan searcher on resume."""
-    from .spec import _set_path
+    from vggbn.spec.model import _set_path
 
     exp = Experiment(path)
     old = exp.spec()
@@ -315,7 +315,7 @@ def extend_sweep(path: str, overrides: dict[str, Any], *, address: str | None = 
     try:
         new = SweepSpec.model_validate(raw)
     except Exception as e:  # noqa: BLE001  (pydantic's ValidationError, as load_spec words it)
-        from .spec import _spec_errors
+        from vggbn.spec.model import _spec_errors
 
         msg = _spec_errors(e) if hasattr(e, "errors") else str(e)
         raise SweepSpecError(f"{exp.uri}: the extended spec is not valid: {msg}\nFix: change the --set "

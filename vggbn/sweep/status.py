@@ -19,12 +19,12 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import progress
-from ..schema import BUDGET_FILE, TRIALS
-from .experiment import Experiment, ExperimentError
-from .export import FINISHED, _status, trial_config
-from .space import resource_hours
-from .spec import CASE_KEY
+from vggbn import progress
+from vggbn.schema import BUDGET_FILE, TRIALS
+from vggbn.store.experiment import Experiment, ExperimentError
+from vggbn.sweep.export import FINISHED, _status, trial_config
+from vggbn.spec.space import resource_hours
+from vggbn.spec.model import CASE_KEY
 
 STATE_GLOB = "experiment_state-*.json"
 STALE_S = 120.0  # no snapshot for this long (and 20 of Ray's periods) while work is left: no driver

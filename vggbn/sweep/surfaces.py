@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 
-from ..schema import SURFACES, TRIALS
-from . import checkpoint
-from .experiment import Experiment, ExperimentError
-from .export import checkpoints, trial_config
+from vggbn.schema import SURFACES, TRIALS
+from vggbn.store import checkpoint
+from vggbn.store.experiment import Experiment, ExperimentError
+from vggbn.sweep.export import checkpoints, trial_config
 
 
 def ray_map(fn, args: tuple, parts: list, on_done=None) -> list:
@@ -49,9 +49,9 @@ def landscape(path: str, *, trial_ids: list[str] | None = None, resolution: int 
     """Li et al. surfaces around the final checkpoint of each (chosen) trial."""
     import pandas as pd
 
-    from .. import progress
-    from ..landscape import grid_points, surfaces
-    from .runner import _init_ray
+    from vggbn import progress
+    from vggbn.landscape import grid_points, surfaces
+    from vggbn.sweep.runner import _init_ray
 
     exp = Experiment(path)
     exp.spec()  # a clear error when this is not a sweep directory

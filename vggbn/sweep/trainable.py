@@ -19,10 +19,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, TrialConfig
-from . import checkpoint
-from .experiment import Experiment
-from .spec import flat_config
+from vggbn.config import ConfigError, TrialConfig
+from vggbn.store import checkpoint
+from vggbn.store.experiment import Experiment
+from vggbn.spec.model import flat_config
 
 
 
@@ -127,9 +127,9 @@ def vggbn_trial(config: dict[str, Any], experiment: str, checkpoint_every: int =
     import torch
     from ray import tune
 
-    from ..models import model_cost
-    from ..provenance import provenance
-    from ..train import fit, resolve_device
+    from vggbn.models import model_cost
+    from vggbn.provenance import provenance
+    from vggbn.train import fit, resolve_device
 
     ctx = tune.get_context()
     exp, trial_id = Experiment(experiment), ctx.get_trial_id()
@@ -141,15 +141,15 @@ def vggbn_trial(config: dict[str, Any], experiment: str, checkpoint_every: int =
         cfg = _trial_config(exp, trial_id, config, resume_state)
         record = None
         if perturbed:  # the stored config is what it started with; this is what it runs now
-            from .pbt_record import Record
+            from vggbn.store.pbt_record import Record
 
             meta0 = checkpoint.read_meta(ckpt.filesystem, ckpt.path) if ckpt is not None else None
             record = Record(exp, trial_id, list(perturbed))
             cfg = record.start(config, ckpt, resume_state, cfg, meta0 if resume_state and (
                 meta0 or {}).get("epoch") == resume_state["epoch"] else None)
         if workers is not None:  # the Train workers hold the resources and run fit()
-            from .distributed import run_trial
-            from .space import Resources
+            from vggbn.sweep.data_parallel import run_trial
+            from vggbn.spec.space import Resources
 
             return run_trial(exp, trial_id, cfg, Resources(**workers), ckpt, checkpoint_every)
         if gpu > 0 and not torch.cuda.is_available():  # deterministic: no retry finds CUDA here

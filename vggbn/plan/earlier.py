@@ -16,16 +16,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..schema import TRIALS
-from .optuna_space import finite, plain
+from vggbn.schema import TRIALS
+from vggbn.plan.optuna_space import finite, plain
 
 if TYPE_CHECKING:
-    from .spec import SweepSpec
+    from vggbn.spec.model import SweepSpec
 
 
 def _experiment(uri: str, key: str):
     """The earlier Experiment and its stored spec; a ValueError saying what is wrong."""
-    from .experiment import Experiment, ExperimentError
+    from vggbn.store.experiment import Experiment, ExperimentError
 
     try:
         exp = Experiment(uri)
@@ -38,7 +38,7 @@ def _experiment(uri: str, key: str):
 
 def trial_rows(uri: str, key: str) -> tuple[SweepSpec, list[dict[str, Any]]]:
     """(the stored spec, the exported trials as dicts) of an earlier experiment."""
-    from .experiment import ExperimentError
+    from vggbn.store.experiment import ExperimentError
 
     exp, spec = _experiment(uri, key)
     try:
@@ -71,7 +71,7 @@ def warm_start(spec: SweepSpec) -> tuple[list, str]:
 
 
 def _warm_start(spec: SweepSpec) -> tuple[list, str]:
-    from .optuna_space import warm_trials
+    from vggbn.plan.optuna_space import warm_trials
 
     old, rows = trial_rows(spec.warm_start, "warm_start")
     if [m for m, _ in old.objectives] != [m for m, _ in spec.objectives]:
@@ -131,8 +131,8 @@ def trial_config(uri: str, trial_id: str) -> dict[str, Any]:
     """A trial's stored resolved config, as it ran: `cpu_threads: 0` (the CPUs Ray gives) becomes
     the spec's resources.cpu, so the re-run's float sums match. A ValueError naming the trials
     there if it has none; an ExperimentError (its own fix) if uri is not a sweep's directory."""
-    from ..schema import TRIAL_DIR
-    from .experiment import Experiment
+    from vggbn.schema import TRIAL_DIR
+    from vggbn.store.experiment import Experiment
 
     exp = Experiment(uri)
     spec = exp.spec()

@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from .space import Dim, When
+from vggbn.spec.space import Dim, When
 
 if TYPE_CHECKING:
-    from .spec import SweepSpec
+    from vggbn.spec.model import SweepSpec
 
 BRANCH = "|"  # a per-branch parameter name: "<key>|<parent>=<value>"
 

@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..schema import CKPT_JSON, CKPT_META, CKPT_STATE, RESTORE_NOTE_PREFIX, SCHEMA_VERSION
+from vggbn.schema import CKPT_JSON, CKPT_META, CKPT_STATE, RESTORE_NOTE_PREFIX, SCHEMA_VERSION
 
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .spec import SweepSpec
+    from vggbn.spec.model import SweepSpec
 
 # keys a trial can change between two epochs with the same weights (train.fit re-applies them
 # over a loaded optimizer and schedule), and why the others cannot
@@ -173,14 +173,14 @@ def mutations(spec: SweepSpec) -> dict[str, Any]:
 
 def build(spec: SweepSpec):
     """The PBT (or PB2) scheduler for the spec, with vggbn's budget and error snapshot."""
-    from .schedulers import PBTScheduler
+    from vggbn.sweep.schedulers import PBTScheduler
 
     s = spec.scheduler
     common = dict(time_attr="epoch", perturbation_interval=s.perturbation_interval,
                   quantile_fraction=s.quantile_fraction, synch=s.synch,
                   require_attrs=False)  # a trial ended by a deterministic failure reports nothing
     if s.type == "pb2":
-        from .pb2 import PB2Scheduler  # imports scikit-learn: only where PB2 is asked for
+        from vggbn.sweep.schedulers.pb2 import PB2Scheduler  # imports scikit-learn: only where PB2 is asked for
 
         bounds = {k: list(_bounds(spec.space[k])) for k in keys(spec)}
         return PB2Scheduler(hyperparam_bounds=bounds, **common)

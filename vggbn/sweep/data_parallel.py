@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..config import ConfigError, TrialConfig
+from vggbn.config import ConfigError, TrialConfig
 
 log = logging.getLogger("vggbn")
 PID_DIR_ENV = "VGGBN_DIST_PID_DIR"  # tests only: see _test_hook
@@ -151,7 +151,7 @@ class DataParallel:
             yield x[lo:hi], y[lo:hi]
 
     def eval_batches(self, data, split, batch_size: int):
-        from ..data import Split
+        from vggbn.data import Split
 
         n = len(split)
         lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
@@ -181,12 +181,12 @@ def _worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from ..models import model_cost
-    from ..provenance import provenance
-    from ..train import fit, resolve_device
-    from . import checkpoint
-    from .experiment import Experiment
-    from .trainable import _cap_host_memory, _is_oom, _no_cuda_message, _oom_message
+    from vggbn.models import model_cost
+    from vggbn.provenance import provenance
+    from vggbn.train import fit, resolve_device
+    from vggbn.store import checkpoint
+    from vggbn.store.experiment import Experiment
+    from vggbn.sweep.trainable import _cap_host_memory, _is_oom, _no_cuda_message, _oom_message
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -257,7 +257,7 @@ def _test_hook(rank: int, epoch: int) -> None:
         return
     import json
 
-    from ..files import write_atomic
+    from vggbn.files import write_atomic
 
     write_atomic(Path(where) / f"rank{rank}.json", json.dumps({"pid": os.getpid(), "epoch": epoch}))
     hold = Path(where) / f"hold-epoch-{epoch}"

@@ -79,7 +79,7 @@ def _import(module: str):
             why = f"the {module} package is not installed"
     except Exception as e:  # noqa: BLE001  (a broken install raises anything on import)
         why = f"the {module} package cannot be imported ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
-    from .spec import SweepSpecError
+    from vggbn.spec.model import SweepSpecError
 
     raise SweepSpecError(f"tracking.{module}: {why}.\nFix: pip install 'vggbn[{module}]' (or remove "
                          f"tracking.{module} from the sweep file)")
@@ -93,7 +93,7 @@ def _local_mlflow(uri: str) -> bool:
 def check(tracking: Tracking) -> None:
     """The packages and stores the spec's tracking needs, before anything is claimed or started:
     a missing package, a local MLflow store MLflow refuses, or W&B online without an API key."""
-    from .spec import SweepSpecError
+    from vggbn.spec.model import SweepSpecError
 
     if tracking.mlflow:
         _import("mlflow")
@@ -136,12 +136,12 @@ def mlflow_uri(uri: str) -> str:
 # ----------------------------------------------------------------------------- the callbacks
 def callbacks(spec) -> list:
     """Ray Tune logger callbacks for the spec's tracking (TensorBoard's always, then MLflow, W&B)."""
-    from .loggers import TensorBoard  # Ray's logger callbacks, subclassed
+    from vggbn.sweep.callbacks.tensorboard import TensorBoard  # Ray's logger callbacks, subclassed
 
     swept = swept_keys(spec)
     out: list = [TensorBoard(swept)]
     if spec.tracking.mlflow or spec.tracking.wandb:
-        from . import trackers
+        from vggbn.sweep.callbacks import trackers
 
         if spec.tracking.mlflow:
             out.append(trackers.MLflow(mlflow_uri(spec.tracking.mlflow), spec.name, swept))
@@ -159,8 +159,8 @@ def swept_keys(spec) -> list[str]:
 def trial_values(config: dict) -> dict[str, Any]:
     """A trial's resolved config (as the trial will resolve it), or its raw flat keys if it cannot
     resolve (that trial errors on its own)."""
-    from ..config import ConfigError, TrialConfig
-    from .spec import flat_config
+    from vggbn.config import ConfigError, TrialConfig
+    from vggbn.spec.model import flat_config
 
     flat = flat_config(config)
     try:

@@ -28,9 +28,9 @@ from ray.tune import Callback
 from ray.tune.search import SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from ..config import ConfigError, TrialConfig
-from .optuna_space import BRANCH, DefineByRun
-from .spec import CASE_KEY, SweepSpec, When, flat_config
+from vggbn.config import ConfigError, TrialConfig
+from vggbn.plan.optuna_space import BRANCH, DefineByRun
+from vggbn.spec.model import CASE_KEY, SweepSpec, When, flat_config
 
 RUNNING, DONE, FAILED, NOT_STARTED = "running", "done", "failed", "not started"
 PLAN_SPEC_ENV = "VGGBN_PLAN_EXPERIMENT"  # set by resume: where the experiment (its spec.yaml) is now
@@ -199,7 +199,7 @@ class PlanSearch(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         """The saved state, then the plan of the experiment's spec as it is now (`vggbn extend`
         may have added seeds or variants): what it adds is queued, adaptive variants re-decided."""
-        from .experiment import Experiment
+        from vggbn.store.experiment import Experiment
 
         with open(checkpoint_path) as f:
             state = json.load(f)
@@ -247,7 +247,7 @@ def build(spec: SweepSpec, experiment: str):
     if spec.search == "optuna" or conditional:
         import optuna
 
-        from .preview import TPE_STARTUP  # the dry run lists these random-start draws
+        from vggbn.plan.dry_run import TPE_STARTUP  # the dry run lists these random-start draws
 
         # TPE (multi-objective too: MOTPE); a conditional random search is Optuna's random sampler
         sampler = (optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=TPE_STARTUP)
@@ -278,9 +278,9 @@ def _optuna(spec: SweepSpec, sampler, experiment: str) -> Optuna:
     study = optuna.create_study(storage=storage, study_name="vggbn", sampler=sampler,
                                 directions=["maximize" if m == "max" else "minimize" for m in modes])
     if spec.warm_start:
-        from ..schema import WARM_START_FILE
-        from .earlier import warm_start
-        from .experiment import Experiment
+        from vggbn.schema import WARM_START_FILE
+        from vggbn.plan.earlier import warm_start
+        from vggbn.store.experiment import Experiment
 
         trials, line = warm_start(spec)
         study.add_trials(trials)

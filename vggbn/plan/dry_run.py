@@ -7,10 +7,10 @@ import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .distributed import describe as describe_resources
+from vggbn.sweep.data_parallel import describe as describe_resources
 
 if TYPE_CHECKING:
-    from .spec import SweepSpec
+    from vggbn.spec.model import SweepSpec
 
 DRY_RUN_LINES = 200
 TPE_STARTUP = 10  # TPESampler's n_startup_trials (search.py passes it): TPE's random start
@@ -30,7 +30,7 @@ def _measured_epoch_seconds(spec: SweepSpec) -> tuple[float | None, str]:
     try:
         import pandas as pd
 
-        from .experiment import Experiment
+        from vggbn.store.experiment import Experiment
 
         raw = Experiment(spec.experiment_path()).read_bytes("epochs.parquet")
         if raw:
@@ -123,7 +123,7 @@ def dry_run(spec: SweepSpec) -> str:
                      f"(t quantile corrected over {rule.looks} looks), it gets one more seed, up to "
                      f"{rule.max}")
     if spec.scheduler.type in ("pbt", "pb2"):
-        from .pbt import describe
+        from vggbn.sweep.schedulers.pbt import describe
         lines += describe(spec)
     earlier, warm = _from_earlier(spec)
     lines += earlier
@@ -134,7 +134,7 @@ def dry_run(spec: SweepSpec) -> str:
         # Optuna samples these (search.py): its random sampler with the spec's seed draws what the
         # first trials get (TPE's own start: random until 10 trials, warm-start ones included, have
         # finished), conditional keys only under their parent's values
-        from .optuna_space import sample
+        from vggbn.plan.optuna_space import sample
 
         n = spec.trial_count() if spec.search == "random" else max(0, TPE_STARTUP - warm)
         lines.append(f"the first {min(n, spec.trial_count())} trials: Optuna's random sampler, seed {spec.seed}"
@@ -176,7 +176,7 @@ def _from_earlier(spec: SweepSpec) -> tuple[list[str], int]:
                    f"completed trial): " + (", ".join(f"{k}={_short(v)}" for k, v in b.taken.items()) or "nothing")
                    + " (this file's base, space and cases keep their own keys)")
     if spec.warm_start:
-        from .earlier import warm_start
+        from vggbn.plan.earlier import warm_start
 
         trials, line = warm_start(spec)
         out.append(line)

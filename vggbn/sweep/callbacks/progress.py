@@ -13,7 +13,7 @@ import os
 
 from ray.tune import Callback
 
-from .. import progress
+from vggbn import progress
 
 
 class SweepProgress(Callback):
@@ -22,8 +22,8 @@ class SweepProgress(Callback):
         self.peak = 0  # the most trials seen running at once: the concurrency the sweep gets
 
     def setup(self, **info) -> None:
-        from .experiment import Experiment
-        from .search import PLAN_SPEC_ENV
+        from vggbn.store.experiment import Experiment
+        from vggbn.sweep.search import PLAN_SPEC_ENV
 
         try:  # resume: where the experiment is now (search.PlanSearch reads it the same way)
             spec = Experiment(os.environ.get(PLAN_SPEC_ENV) or self.experiment).spec()

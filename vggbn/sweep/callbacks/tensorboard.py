@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from ray.tune.logger import TBXLoggerCallback
 
-from ..schema import COSTS, EPOCH_METRICS
-from .tracking import scalar, trial_values
+from vggbn.schema import COSTS, EPOCH_METRICS
+from vggbn.spec.tracking import scalar, trial_values
 
 LOGGED = (*EPOCH_METRICS, *COSTS)  # what a trial reports per epoch (Ray's bookkeeping keys are left out)
 

@@ -24,15 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import storage
-from ..config import TrialConfig
-from ..files import write_atomic
-from ..schema import CLAIM_FILE, SCHEMA_VERSION, SPEC_FILE, TRIAL_CONFIG_FILE, TRIAL_DIR, TRIAL_ERROR_FILE
-from .spec import SweepSpec, SweepSpecError, stored_spec
-
-
-class ExperimentError(SweepSpecError):
-    """An experiment directory that cannot be used as asked: says what, where and the fix."""
+from vggbn import uri as storage
+from vggbn.config import TrialConfig
+from vggbn.errors import ExperimentError
+from vggbn.files import write_atomic
+from vggbn.schema import CLAIM_FILE, SCHEMA_VERSION, SPEC_FILE, TRIAL_CONFIG_FILE, TRIAL_DIR, TRIAL_ERROR_FILE
+from vggbn.spec.model import SweepSpec, stored_spec
 
 
 def normalize(path: str) -> str:
@@ -120,7 +117,7 @@ class Experiment:
         when the store cannot be read or the file is damaged or not vggbn's."""
         import pandas as pd
 
-        from ..schema import SURFACES, TRIALS
+        from vggbn.schema import SURFACES, TRIALS
 
         try:
             raw = self.read_bytes(name)

@@ -43,7 +43,7 @@ class BudgetMixin:
         b = getattr(self, "budget", None)
         if b is not None:
             trials = tune_controller.get_trials()
-            from .space import resource_hours  # one formula for the budget and `vggbn status`
+            from vggbn.spec.space import resource_hours  # one formula for the budget and `vggbn status`
 
             spent = resource_hours(sum((t.last_result or {}).get("time_total_s", 0.0) or 0.0 for t in trials),
                                    b["per_trial"])
@@ -62,8 +62,8 @@ def _write_budget_note(b: dict, spent: float, not_started: list[str]) -> None:
     import datetime
     import json
 
-    from ..schema import BUDGET_FILE
-    from .experiment import Experiment
+    from vggbn.schema import BUDGET_FILE
+    from vggbn.store.experiment import Experiment
 
     exp = Experiment(b["experiment"])
     old = json.loads(exp.read_bytes(BUDGET_FILE) or b"{}")
@@ -169,7 +169,7 @@ def _load_legacy(asha: ASHAScheduler, state: dict) -> None:
 def build(spec):
     """(scheduler, callbacks) for a SweepSpec."""
     if spec.scheduler.type in ("pbt", "pb2"):
-        from . import pbt
+        from vggbn.sweep.schedulers import pbt
 
         sched, callbacks = pbt.build(spec), []
     elif spec.scheduler.type != "asha":

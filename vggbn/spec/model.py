@@ -17,20 +17,20 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from ..config import ConfigError, TrialConfig, suggest
-from ..schema import COSTS, METRICS, SCHEMA_VERSION
-from .preview import dry_run  # noqa: F401  (this module's API)
-from .distributed import check_spec as check_workers
-from .space import (BaseFrom, Budget, Cost, Dim, Resources, Scheduler, Seeds, SpaceEntry, When,  # noqa: F401  (points, Dim,
+from vggbn.config import TrialConfig, suggest
+from vggbn.errors import ConfigError, SpecError
+from vggbn.schema import COSTS, METRICS, SCHEMA_VERSION
+from vggbn.plan.dry_run import dry_run  # noqa: F401  (this module's API)
+from vggbn.sweep.data_parallel import check_spec as check_workers
+from vggbn.spec.space import (BaseFrom, Budget, Cost, Dim, Resources, Scheduler, Seeds, SpaceEntry, When,  # noqa: F401  (points, Dim,
                     check_seeds, check_space, points)  # When: this module's API)
-from .tracking import Tracking
+from vggbn.spec.tracking import Tracking
 
 MAX_TRIALS = 100_000  # a sweep larger than this is a typo (num_samples: 1e9), not a study
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "file")  # experiment.normalize opens these
 
 
-class SweepSpecError(ValueError):
-    """A sweep file that cannot run: names the file, the key path and what is wrong."""
+SweepSpecError = SpecError  # the name the public API has always had
 
 
 # ---------------------------------------------------------------------- the spec
@@ -91,7 +91,7 @@ class SweepSpec(BaseModel):
     def _base_from(cls, raw, info: ValidationInfo):
         """A sweep file's base_from is resolved (the earlier export read) once; stored specs keep it."""
         if isinstance(raw, dict) and raw.get("base_from") and not (info.context or {}).get("stored"):
-            from .earlier import resolve_base_from
+            from vggbn.plan.earlier import resolve_base_from
 
             raw = resolve_base_from(raw)
         return raw
@@ -153,7 +153,7 @@ class SweepSpec(BaseModel):
                                  f"{self.scheduler.type}, search {self.search}); use val_acc with "
                                  f"base.val_fraction: 0.1 (model selection never looks at the test set)")
         if self.scheduler.type in ("pbt", "pb2"):
-            from .pbt import check
+            from vggbn.sweep.schedulers.pbt import check
             check(self)
         if self.scheduler.type == "asha":
             epochs = max(self.trial_epochs())
@@ -257,7 +257,7 @@ class SweepSpec(BaseModel):
         return self.storage if "://" in self.storage else str(Path(self.storage).absolute())
 
     def experiment_path(self) -> str:  # <storage>/<name>, a URI's query (?endpoint_override=) kept at the end
-        from ..storage import join
+        from vggbn.uri import join
 
         return join(self.storage_uri(), self.name)
 
@@ -276,7 +276,7 @@ OBJECTIVES = METRICS + COSTS
 
 def storage_problem(uri: str) -> str | None:
     """What is wrong with a storage location (a local path, file://, s3://, gs://), or None."""
-    from ..storage import problem
+    from vggbn.uri import problem
 
     return problem(uri)
 
@@ -321,7 +321,7 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Swee
     try:
         spec = SweepSpec.model_validate(raw)
         if spec.warm_start:  # its export is read here, so a bad one fails before anything starts
-            from .earlier import warm_start
+            from vggbn.plan.earlier import warm_start
 
             warm_start(spec)
         return spec

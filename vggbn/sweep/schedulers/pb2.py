@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ray.tune.schedulers.pb2 import PB2
 
-from .schedulers import PBTScheduler
+from vggbn.sweep.schedulers import PBTScheduler
 
 
 class PB2Scheduler(PBTScheduler, PB2):

@@ -13,8 +13,8 @@ import os
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 
-from .loggers import LOGGED
-from .tracking import labels, scalar, trial_values
+from vggbn.sweep.callbacks.tensorboard import LOGGED
+from vggbn.spec.tracking import labels, scalar, trial_values
 
 
 class MLflow(MLflowLoggerCallback):

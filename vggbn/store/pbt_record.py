@@ -22,14 +22,14 @@ import json
 import time
 from typing import Any
 
-from ..config import TrialConfig
-from ..schema import EPOCH_EXTRA, EPOCH_METRICS, PBT_FILE, SCHEMA_VERSION, TRIAL_DIR
-from ..schema import PBT_DONOR as DONOR
-from ..schema import PBT_DONOR_EPOCH as DONOR_EPOCH
-from ..schema import PBT_EXPLOIT as EXPLOIT
-from ..schema import PBT_EXPLOITS, PBT_SCHEDULE
-from ..schema import PBT_PREFIX as PREFIX
-from .spec import flat_config
+from vggbn.config import TrialConfig
+from vggbn.schema import EPOCH_EXTRA, EPOCH_METRICS, PBT_FILE, SCHEMA_VERSION, TRIAL_DIR
+from vggbn.schema import PBT_DONOR as DONOR
+from vggbn.schema import PBT_DONOR_EPOCH as DONOR_EPOCH
+from vggbn.schema import PBT_EXPLOIT as EXPLOIT
+from vggbn.schema import PBT_EXPLOITS, PBT_SCHEDULE
+from vggbn.schema import PBT_PREFIX as PREFIX
+from vggbn.spec.model import flat_config
 
 
 def _name(trial_id: str) -> str:

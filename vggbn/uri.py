@@ -14,11 +14,9 @@ import os
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+from vggbn.errors import StorageError
+
 SCHEMES = ("s3", "gs", "gcs", "file")
-
-
-class StorageError(ValueError):
-    """A storage location that cannot be used: says what, where and the fix."""
 
 
 def scheme(uri: str) -> str:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 if TYPE_CHECKING:
-    from .spec import SweepSpec
+    from vggbn.spec.model import SweepSpec
 
 class Dim(BaseModel):
     """One searched TrialConfig key: exactly one of grid, choice, uniform, loguniform, randint."""
@@ -130,7 +130,7 @@ SpaceEntry = Annotated[Union[Annotated[Dim, Tag("dim")], Annotated[When, Tag("wh
 def check_space(spec: SweepSpec) -> None:
     """Each searched key: a TrialConfig key not also in base, every value it can take valid with
     base (a conditional's, with its parent's value), its kind allowed by the search."""
-    from ..config import ConfigError, TrialConfig, suggest
+    from vggbn.config import ConfigError, TrialConfig, suggest
 
     if spec.warm_start is not None and spec.search != "optuna":
         raise ValueError(f"warm_start: search {spec.search} does not learn from earlier trials; use "
@@ -167,7 +167,7 @@ def check_space(spec: SweepSpec) -> None:
 
 
 def _check_when(spec: SweepSpec, key: str, dim: When) -> None:
-    from ..config import ConfigError, TrialConfig, suggest
+    from vggbn.config import ConfigError, TrialConfig, suggest
 
     parent = spec.space.get(dim.when)
     if spec.search == "grid":
@@ -247,7 +247,7 @@ class Resources(BaseModel):
     def _whole_gpus(self):
         if self.gpu > 1 and self.gpu != int(self.gpu):
             raise ValueError(f"gpu={self.gpu}: above 1, GPUs per trial must be a whole number")
-        from .distributed import check_resources  # the data-parallel rules live with its code
+        from vggbn.sweep.data_parallel import check_resources  # the data-parallel rules live with its code
         check_resources(self)
         return self
 

@@ -1,0 +1,1 @@
+"""Ray Tune callbacks: progress lines, TensorBoard, MLflow and W&B."""
