@@ -52,7 +52,7 @@ def schedule_figure(sched: pd.DataFrame, epochs: pd.DataFrame, metric: str = "va
     with plots.plt.rc_context(plots.STYLE):
         fig, axes = plots.plt.subplots(1, len(keys) + 1, figsize=(4 * (len(keys) + 1), 3.6), squeeze=False)
         trials = list(dict.fromkeys(sched["trial_id"]))
-        colors = dict(zip(trials, plots._colors(len(trials))))
+        colors = dict(zip(trials, plots.colors(len(trials))))
         for ax, key in zip(axes[0], keys):
             s = sched[sched["key"] == key]
             for tid, g in s.groupby("trial_id", sort=False):

@@ -17,7 +17,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from vggbn.config import PRESETS  # noqa: E402
 from vggbn.files import write_atomic  # noqa: E402
+
+from analysis.frames import preset_order, swept_keys  # noqa: E402
 
 STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
          "axes.spines.right": False, "font.size": 9, "legend.fontsize": 8, "legend.frameon": False}
@@ -25,7 +28,8 @@ SECTION_COLORS = {"Loss function": "#d95f02", "Network structure": "#1b9e77",
                   "Optimizer": "#7570b3", "Variants": "#1b9e77"}
 
 
-def _colors(n: int):
+def colors(n: int):
+    """n distinct colours (tab10, tab20 beyond ten), in order: one per variant or trial."""
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     return [cmap(i % cmap.N) for i in range(n)]
 
@@ -42,8 +46,8 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame):
     """Per variant: mean over seeds (line) with the min–max band; train loss and test accuracy."""
     with plt.rc_context(STYLE):
         fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
-        labels = _in_preset_order(trials.drop_duplicates("variant"))[["variant", "label"]]
-        for color, (_, v) in zip(_colors(len(labels)), labels.iterrows()):
+        labels = preset_order(trials.drop_duplicates("variant"))[["variant", "label"]]
+        for color, (_, v) in zip(colors(len(labels)), labels.iterrows()):
             ids = trials.loc[(trials["variant"] == v["variant"]) & (trials["status"] != "errored"),
                              "trial_id"]
             e = epochs[epochs["trial_id"].isin(ids)]
@@ -62,16 +66,6 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame):
         ax_a.legend(loc="lower right")
         fig.suptitle("Learning curves: mean over seeds, band = min–max")
     return fig
-
-
-def _in_preset_order(variants: pd.DataFrame) -> pd.DataFrame:
-    from vggbn.config import PRESETS
-
-    rank = {p: i for i, p in enumerate(PRESETS)}
-    if "preset" not in variants:
-        return variants
-    return variants.assign(_r=variants["preset"].map(lambda p: rank.get(p, 99))).sort_values(
-        ["_r", "label"], kind="stable").drop(columns="_r")
 
 
 def accuracy_dots(table: pd.DataFrame, info: dict, trials: pd.DataFrame | None = None):
@@ -192,8 +186,6 @@ def hpo_progress(trials: pd.DataFrame, metric: str, mode: str, params: list[str]
 
 
 def _bn_name(trials: pd.DataFrame, tid: str) -> str:
-    from vggbn.config import PRESETS
-
     row = trials.set_index("trial_id").loc[tid]
     name = "with BN" if bool(row.get("bn")) else "without BN"
     extra = [f"{k}={row[k]:g}" if isinstance(row[k], float) else f"{k}={row[k]}"
@@ -207,8 +199,6 @@ def bn_pairs(trials: pd.DataFrame, ids: list[str], max_pairs: int = 2) -> list[s
     """Trials that differ only in BN, in pairs (the first `max_pairs` setups in trial order); when
     no such pairs exist, the first `max_pairs` trials without BN and with BN (a figure of every
     trial would be unreadable)."""
-    from analysis.results import swept_keys
-
     t = trials[trials["trial_id"].isin(ids)].sort_values("trial_id")
     keys = [k for k in swept_keys(t) if k not in ("bn", "seed")]
     pairs = []

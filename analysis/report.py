@@ -10,10 +10,13 @@ import pandas as pd
 from vggbn import progress
 from vggbn import uri as storage
 from vggbn.files import write_atomic
+from vggbn.spec.model import SweepSpec
+from vggbn.spec.space import points
 
 from analysis import hpo, pbt, plots, smoothness, stats, table, tradeoffs
 from analysis.report_html import render
-from analysis.results import load, swept_keys
+from analysis.frames import swept_keys
+from analysis.results import load
 
 
 def optimization_figures(results, figs: Path) -> list[tuple[str, Path, str]]:
@@ -194,8 +197,6 @@ def _effects_section(effects: dict, metric: str) -> list[str]:
 
 def _adaptive_sweeps(results):
     """(stored spec, its trials) of each sweep run with adaptive seeds."""
-    from vggbn.spec.model import SweepSpec
-
     for meta in results.specs:
         raw = meta.get("spec") or {}
         if raw.get("seeds"):
@@ -222,8 +223,6 @@ def _adaptive_cis(tab, info: dict, adaptive: list):
 def _seeds_section(adaptive: list) -> list[str]:
     """Adaptive seeds: per variant, the seeds used, the corrected CI half-width, whether the target
     was met; the trial-epochs spent against a fixed grid of `max` seeds."""
-    from vggbn.spec.model import points
-
     md = []
     for spec, t in adaptive:
         if t.empty:

@@ -15,26 +15,21 @@ counted, never dropped silently. Column types: see analysis/columns.py.
 
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from vggbn import uri as storage
-from vggbn.config import PRESETS, TrialConfig
+from vggbn.config import TrialConfig
 from vggbn.errors import ResultsError
-from vggbn.schema import (EPOCHS, PARQUET_META_KEY, PBT_DONOR, PROBES, SCHEMA_VERSION, SPEC_FILE, STATUSES, STEPS,
-                          SURFACES, TRIALS)
+from vggbn.schema import EPOCHS, PBT_DONOR, PROBES, SPEC_FILE, STEPS, SURFACES, TRIALS
+from vggbn.store.exports import ExportDir
 
 from analysis import columns
+from analysis.frames import CONFIG_KEYS, EXECUTION_KEYS, label_variants, status_counts, swept_keys, table_order
+from analysis.stats import mean_ci
 
-# knobs that change how a trial runs, not what it computes: not part of a variant
-EXECUTION_KEYS = {"seed", "data_dir", "device", "cpu_threads", "compile", "eval_batch_size",
-                  "record_steps"}
-CONFIG_KEYS = list(TrialConfig.model_fields)
 FRAMES = ("trials", "epochs", "steps", "probes", "surfaces")
 
 
@@ -85,8 +80,7 @@ class Results:
         found = [s for s in self.sources if s["name"] == sweep]
         if not found:
             raise ResultsError(f"{'no sweep ' + repr(sweep) if sweep else 'several sweeps'} loaded "
-                               f"(sweeps: {', '.join(self.sweeps)}).\nFix: name one, e.g. "
-                               f"spec({self.sweeps[0]!r})")
+                               f"(sweeps: {', '.join(self.sweeps)}).", f"name one, e.g. spec({self.sweeps[0]!r})")
         return found[0]
 
     def spec(self, sweep: str | None = None) -> dict:
@@ -97,8 +91,8 @@ class Results:
         copy = (src["meta"] or {}).get("spec")
         if isinstance(src["spec"], dict) or (src["spec"] is None and isinstance(copy, dict)):
             return src["spec"] or copy
-        raise ResultsError(f"{src['spec_file']}: {src['spec'] or 'missing, and the export has no copy'}.\n"
-                           f"Fix: restore the file as the sweep wrote it" + (
+        raise ResultsError(f"{src['spec_file']}: {src['spec'] or 'missing, and the export has no copy'}.",
+                           "restore the file as the sweep wrote it" + (
                                "; the export's copy is Results.specs[i]['spec']" if isinstance(copy, dict) else ""))
 
     def provenance(self) -> pd.DataFrame:
@@ -125,19 +119,19 @@ class Results:
         already (lr: the rate in force at that epoch) comes as NAME_config."""
         df = getattr(self, frame, None) if isinstance(frame, str) else frame
         if isinstance(frame, str) and frame not in FRAMES[1:]:
-            raise ResultsError(f"with_config({frame!r}): no such frame.\nFix: one of "
-                               f"{', '.join(FRAMES[1:])}, or a DataFrame with a trial_id column")
+            raise ResultsError(f"with_config({frame!r}): no such frame.",
+                               f"one of {', '.join(FRAMES[1:])}, or a DataFrame with a trial_id column")
         if df is None:
-            raise ResultsError(f"{', '.join(self.paths)}: no {frame}.parquet (not recorded in this "
-                               f"sweep).\nFix: " + {"surfaces": "run `vggbn landscape` on the sweep"}.get(
+            raise ResultsError(f"{', '.join(self.paths)}: no {frame}.parquet (not recorded in this sweep).",
+                               {"surfaces": "run `vggbn landscape` on the sweep"}.get(
                                    frame, "record them (record_steps, probe_every) in a new sweep"))
         if "trial_id" not in df:
-            raise ResultsError("with_config: the frame has no trial_id column.\nFix: pass one of the "
-                               "Results frames or a frame derived from one")
+            raise ResultsError("with_config: the frame has no trial_id column.",
+                               "pass one of the Results frames or a frame derived from one")
         keys = [k for k in CONFIG_KEYS if k in self.trials] if keys is None else list(keys)
         unknown = [k for k in keys if k not in self.trials]
         if unknown:
-            raise ResultsError(f"with_config: no trial column {unknown[0]!r}.\nFix: one of the columns "
+            raise ResultsError(f"with_config: no trial column {unknown[0]!r}.", f"one of the columns "
                                f"of Results.trials, e.g. {', '.join(self.swept or CONFIG_KEYS[:3])}")
         cols = list(dict.fromkeys(["trial_id", "sweep", "variant", "label", "section", "status", *keys]))
         return df.merge(self.trials[cols], on="trial_id", how="left", suffixes=("", "_config"),
@@ -148,20 +142,17 @@ class Results:
         table's order: label, section, sweep(s), the values of `keys` (default: the swept keys),
         `trials` (all seeds) and the status counts, and over the completed trials' final `metric`:
         n, mean, std and the 95% t CI (analysis.stats.mean_ci, as in the comparison table)."""
-        from analysis.stats import mean_ci
-        from analysis.table import _ordered
-
         t = self.trials
         if metric not in t:
-            raise ResultsError(f"variants({metric!r}): no such column in the trials.\nFix: a metric "
-                               f"such as test_acc, val_acc, train_loss, best_test_acc")
+            raise ResultsError(f"variants({metric!r}): no such column in the trials.",
+                               "a metric such as test_acc, val_acc, train_loss, best_test_acc")
         keys = self.swept if keys is None else list(keys)
         bad = [k for k in keys if k not in CONFIG_KEYS or k in EXECUTION_KEYS]
         if bad:
-            raise ResultsError(f"variants(keys=...): {bad[0]!r} is not part of a variant.\nFix: config "
-                               f"keys other than {', '.join(sorted(EXECUTION_KEYS))}, e.g. bn, width, lr")
+            raise ResultsError(f"variants(keys=...): {bad[0]!r} is not part of a variant.",
+                               f"config keys other than {', '.join(sorted(EXECUTION_KEYS))}, e.g. bn, width, lr")
         done = t[t["status"] == "completed"]
-        first = _ordered(t.drop_duplicates("variant")).set_index("variant")
+        first = table_order(t.drop_duplicates("variant")).set_index("variant")
         out = first[["label", "section", *dict.fromkeys(keys)]].copy()
         out.insert(2, "sweep", t.groupby("variant")["sweep"].agg(lambda s: ", ".join(dict.fromkeys(s))))
         out["trials"] = t.groupby("variant").size()
@@ -179,72 +170,20 @@ class Results:
         t = self.trials
         metric = metric or ("val_acc" if t["val_acc"].notna().any() else "test_acc")
         if metric not in t:
-            raise ResultsError(f"top_trials: no column {metric!r} in the trials.\nFix: a metric such "
-                               f"as val_acc, test_acc, val_loss")
+            raise ResultsError(f"top_trials: no column {metric!r} in the trials.",
+                               "a metric such as val_acc, test_acc, val_loss")
         return t.dropna(subset=[metric]).sort_values(metric, ascending=metric.endswith("loss"),
                                                      kind="stable").head(n)
 
 
-REQUIRED = {TRIALS: ("trial_id", "sweep", "status"), EPOCHS: ("trial_id", "epoch"),
-            STEPS: ("trial_id", "step"), PROBES: ("trial_id", "step"), SURFACES: ("trial_id", "kind")}
-
-
-class _Dir:
-    """One sweep directory to read, a local path or an s3:// / gs:// URI, through its pyarrow
-    filesystem: the bucket is read in place, nothing is synced first."""
-
-    def __init__(self, given: str | Path):
-        self.given = str(given)
-        try:
-            self.uri = storage.normalize(self.given)
-            self.fs, self.root = storage.filesystem(self.uri)
-        except storage.StorageError as e:
-            raise ResultsError(str(e)) from None
-        self.remote = storage.is_remote(self.uri)
-        self.name = storage.name(self.uri) if self.remote else Path(self.given).name
-
-    def __str__(self) -> str:
-        return self.uri if self.remote else str(Path(self.given))
-
-    def show(self, name: str) -> str:
-        """What messages call a file of this directory: the URI (query at the end) or the path."""
-        return storage.join(self.uri, name) if self.remote else str(Path(self.given) / name)
-
-    def kind(self, name: str = ""):
-        return self.fs.get_file_info(f"{self.root}/{name}" if name else self.root).type
-
-    def is_file(self, name: str) -> bool:
-        import pyarrow.fs as pafs
-
-        return self.kind(name) == pafs.FileType.File
-
-    def read(self, name: str) -> bytes:
-        with self.fs.open_input_stream(f"{self.root}/{name}") as f:
-            return f.read()
-
-
-def _read(d: _Dir, name: str, fix: str) -> tuple[pd.DataFrame, dict]:
-    """A parquet file of the export, typed (analysis.columns), and its vggbn metadata;
-    ResultsError when it is damaged."""
-    raw = d.read(name)  # an OSError here is the store's (unreachable, denied): load() says so
-    try:
-        table = pq.read_table(io.BytesIO(raw))  # the frame and vggbn's metadata from one parse
-        df = table.to_pandas()
-        meta = json.loads((table.schema.metadata or {}).get(PARQUET_META_KEY, b"{}"))
-    except Exception as e:  # noqa: BLE001  (pyarrow raises several kinds for a damaged file)
-        raise ResultsError(f"{d.show(name)}: not a readable parquet file ({type(e).__name__}: "
-                           f"{' '.join(str(e).split())[:200]}).\nFix: {fix}") from None
-    missing = [c for c in REQUIRED.get(name, ()) if c not in df.columns]
-    if missing or not isinstance(meta, dict):
-        raise ResultsError(f"{d.show(name)}: not a vggbn export (no column {', '.join(missing) or 'metadata'}).\n"
-                           f"Fix: {fix}")
-    if meta.get("schema_version", 0) > SCHEMA_VERSION:
-        raise ResultsError(f"{d.show(name)}: written by a newer vggbn (schema {meta['schema_version']}; this one "
-                           f"reads up to {SCHEMA_VERSION}).\nFix: upgrade vggbn")
+def _read(d: ExportDir, name: str, fix: str) -> tuple[pd.DataFrame, dict]:
+    """A parquet file of the export (vggbn.store.exports reads and checks it), typed
+    (analysis.columns), and its vggbn metadata; ResultsError when it is damaged."""
+    df, meta = d.read_export(name, fix)  # an OSError here is the store's (unreachable, denied): load() says so
     try:
         return columns.typed(df, name), meta
     except columns.ColumnError as e:
-        raise ResultsError(f"{d.show(name)}: {e}.\nFix: {fix}") from None
+        raise ResultsError(f"{d.show(name)}: {e}.", fix) from None
 
 
 def load(*paths: str | Path) -> Results:
@@ -253,16 +192,16 @@ def load(*paths: str | Path) -> Results:
     (read in place through pyarrow, nothing synced; a query of pyarrow's options may follow, e.g.
     ?endpoint_override=HOST:PORT&scheme=http). ResultsError says what is wrong and the fix."""
     if not paths:
-        raise ResultsError("load(): no sweep directory given.\nFix: load('results/NAME'), or several: "
-                           "load('results/a', 's3://bucket/prefix/b')")
+        raise ResultsError("load(): no sweep directory given.",
+                           "load('results/NAME'), or several: load('results/a', 's3://bucket/prefix/b')")
     frames: dict[str, list[pd.DataFrame]] = {n: [] for n in FRAMES}
     specs, sources, prefixes = [], [], set()
     for given in paths:
-        d = _Dir(given)
+        d = ExportDir(given, ResultsError)
         try:
             found, meta, src = _load_one(d, multi=len(paths) > 1, taken=prefixes)
         except OSError as err:  # the store: unreachable, no credentials, access denied
-            raise ResultsError(storage.explain(str(d), err)) from None
+            raise ResultsError(storage.explain(str(d), err)) from None  # "what\nFix: fix", split by VggbnError
         specs.append(meta)
         sources.append(src)
         for name, df in found.items():
@@ -280,7 +219,7 @@ def load(*paths: str | Path) -> Results:
                    surfaces=known("surfaces"), specs=specs, paths=[str(p) for p in paths], sources=sources)
 
 
-def _load_one(d: _Dir, multi: bool, taken: set[str]) -> tuple[dict[str, pd.DataFrame], dict, dict]:
+def _load_one(d: ExportDir, multi: bool, taken: set[str]) -> tuple[dict[str, pd.DataFrame], dict, dict]:
     """One sweep's frames (trial ids prefixed when several sweeps load), its metadata, its source."""
     import pyarrow.fs as pafs
     import yaml
@@ -291,10 +230,10 @@ def _load_one(d: _Dir, multi: bool, taken: set[str]) -> tuple[dict[str, pd.DataF
     if kind != pafs.FileType.Directory:  # on object storage: no object under that prefix
         what, fix_where = ((storage.missing(d.fs, d.uri, d.root) if d.remote and kind == pafs.FileType.NotFound
                            else ("no such directory", None)))
-        raise ResultsError(f"{d}: {what}.\nFix: " + (fix_where or "give the directory of a finished or "
-                                                     f"interrupted sweep, {example}"))
+        raise ResultsError(f"{d}: {what}.", fix_where or f"give the directory of a finished or interrupted "
+                                                        f"sweep, {example}")
     if not d.is_file(TRIALS):
-        raise ResultsError(f"{d}: no {TRIALS} here.\nFix: give the directory of a finished or interrupted "
+        raise ResultsError(f"{d}: no {TRIALS} here.", f"give the directory of a finished or interrupted "
                            f"sweep, {example}, or run `vggbn export {d}` first")
     t, meta = _read(d, TRIALS, fix)
     found = {"trials": t, "epochs": _read(d, EPOCHS, fix)[0] if d.is_file(EPOCHS)
@@ -327,55 +266,3 @@ def _load_one(d: _Dir, multi: bool, taken: set[str]) -> tuple[dict[str, pd.DataF
         spec = spec if isinstance(spec, (dict, str)) else "not a mapping"
     return found, meta, {"name": name, "path": str(d), "prefix": prefix if multi else "", "meta": meta,
                          "spec": spec, "spec_file": d.show(SPEC_FILE)}
-
-
-def swept_keys(trials: pd.DataFrame) -> list[str]:
-    """Config keys that vary between variants (seed excluded)."""
-    keys = [k for k in CONFIG_KEYS if k in trials.columns and k not in EXECUTION_KEYS]
-    return [k for k in keys if trials[k].map(str).nunique() > 1]
-
-
-def label_variants(trials: pd.DataFrame) -> pd.DataFrame:
-    """Add `variant` (a stable id), `label` and `section` columns.
-
-    With presets the label and section are the preset's (the study's rows); otherwise the label is
-    the swept flags (e.g. 'bn=True, lr=0.001') and the section is 'Variants'.
-    """
-    t = trials.copy()
-    keys = [k for k in CONFIG_KEYS if k in t.columns and k not in EXECUTION_KEYS]
-    t["variant"] = t[keys].map(str).agg("|".join, axis=1) if keys else "all"
-    swept = swept_keys(t)
-    if "preset" in t and t["preset"].notna().any():  # flags that vary within a preset's trials
-        label_keys = [k for k in swept if k != "preset"
-                      and (t.groupby(t["preset"].astype(str))[k].agg(lambda c: c.map(str).nunique()) > 1).any()]
-    else:
-        label_keys = swept
-
-    def label(row) -> str:
-        preset = row.get("preset")
-        flags = ", ".join(f"{k}={_fmt(row[k])}" for k in label_keys)
-        if isinstance(preset, str) and preset in PRESETS:
-            base = PRESETS[preset]["label"]
-            return f"{base} ({flags})" if flags else base
-        return flags or "all trials"
-
-    def section(row) -> str:
-        preset = row.get("preset")
-        return PRESETS[preset]["section"] if isinstance(preset, str) and preset in PRESETS else "Variants"
-
-    t["label"] = t.apply(label, axis=1) if len(t) else pd.Series(dtype=str)
-    t["section"] = t.apply(section, axis=1) if len(t) else pd.Series(dtype=str)
-    return t
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
-def status_counts(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per variant: how many trials ended in each status (all statuses shown, zeros included)."""
-    statuses = list(STATUSES)
-    c = trials.groupby("variant")["status"].value_counts().unstack(fill_value=0)
-    return c.reindex(columns=statuses, fill_value=0)

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.frames import swept_keys
+
 MIN_SEEDS = 3  # fewer trials a side: the block bootstrap over probe steps
 TRAINS = 0.5  # a run "trains" when its final test accuracy is at least 5x chance (0.5 with 10 classes)
 
@@ -111,8 +113,6 @@ def per_probe(probes: pd.DataFrame) -> pd.DataFrame:
 def smoothness_comparison(trials: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
     """One row per setup (the swept keys other than bn and seed) with BN and no-BN trials: test
     accuracy of each side, median β and gradient difference, the BN / no-BN ratio with its CI."""
-    from analysis.results import swept_keys
-
     t = trials[trials["status"].isin(["completed", "early_stopped", "diverged"])]
     at_step = per_probe(probes)
     keys = [k for k in swept_keys(trials) if k not in ("bn", "seed", "preset")]

@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.frames import swept_keys
+
 ALPHA = 0.05
 MAX_LEVELS = 6  # more values than this: a searched range, not a grid of levels
 
@@ -162,8 +164,6 @@ class Effects:
 def design_factors(trials: pd.DataFrame) -> list[str]:
     """The swept keys (seed excluded) that are not a function of another factor: a preset sweep's
     flags follow from the preset, so its one factor is the preset."""
-    from analysis.results import swept_keys
-
     keys = sorted(swept_keys(trials), key=lambda k: k != "preset")
     factors: list[str] = []
     for k in keys:

@@ -16,20 +16,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vggbn.config import PRESETS, TrialConfig
+from vggbn.config import TrialConfig
+from vggbn.errors import ResultsError
 from vggbn.files import write_atomic
+from vggbn.models import model_cost
 
-from analysis.results import ResultsError, status_counts
+from analysis.frames import status_counts, table_order
 from analysis.stats import ALPHA, fmt_p, hedges_g, holm, mean_ci, paired, welch
 
-SECTION_ORDER = ["Loss function", "Network structure", "Optimizer", "Variants"]
 REFERENCE_CSV = Path(__file__).with_name("reference.csv")
 
 
 def gflops(config: dict) -> float:
     """GFLOPs of one forward pass at batch 1 (torch's FlopCounterMode), as the trials report it."""
-    from vggbn.models import model_cost
-
     return model_cost(TrialConfig.from_stored({k: v for k, v in config.items() if k in TrialConfig.model_fields
                                                and not (isinstance(v, float) and math.isnan(v))}))[0]
 
@@ -91,14 +90,14 @@ def comparison_table(trials: pd.DataFrame, epochs: pd.DataFrame, baseline: str |
         elif len(cand) > 1:  # the preset appears with other swept flags: take the first
             base_variant = cand["variant"].iloc[0]
     if base_variant is None:  # no such preset: the first variant in table order is the baseline
-        base_variant = _ordered(variants)["variant"].iloc[0] if len(variants) else None
+        base_variant = table_order(variants)["variant"].iloc[0] if len(variants) else None
     base_done = done[done["variant"] == base_variant]
     base_accs = base_done[metric].dropna().to_numpy()
     if target is None:
         target = float(np.mean(base_accs)) if len(base_accs) else math.nan
 
     rows = []
-    for _, v in _ordered(variants).iterrows():
+    for _, v in table_order(variants).iterrows():
         sel = done[done["variant"] == v["variant"]]
         accs = sel[metric].dropna().to_numpy()
         mean, std, lo, hi = mean_ci(accs)
@@ -162,14 +161,6 @@ def _best_epoch_test_acc(sel: pd.DataFrame, epochs: pd.DataFrame) -> float:
     e = epochs[epochs["trial_id"].isin(sel["trial_id"])]
     best = pd.to_numeric(e["test_acc"], errors="coerce").groupby(e["trial_id"]).max().dropna()
     return float(best.mean()) if len(best) else math.nan
-
-
-def _ordered(variants: pd.DataFrame) -> pd.DataFrame:
-    preset_rank = {p: i for i, p in enumerate(PRESETS)}
-    v = variants.assign(
-        _s=variants["section"].map(lambda s: SECTION_ORDER.index(s) if s in SECTION_ORDER else 99),
-        _p=variants["preset"].map(lambda p: preset_rank.get(p, 99)) if "preset" in variants else 0)
-    return v.sort_values(["_s", "_p", "label"], kind="stable").drop(columns=["_s", "_p"])
 
 
 # ---------------------------------------------------------------------- rendering

@@ -8,7 +8,7 @@ epochs, and is measured on the second, warm one (the first pays for cuDNN's choi
   fp32, bf16, bf16 + compile   one trial alone: epoch time (training + test evaluation), training
                                images/s, and that as a ratio to the fp32 run (channels_last in all)
   packed x1, x2, x4            k bf16 trials at once on the one GPU, each capped at 1/k of its memory
-                               with the trainable's own call (vggbn.sweep.trainable._cap_gpu_memory,
+                               with the trainable's own call (vggbn.limits.cap_gpu_memory,
                                as Ray Tune trials at resources.gpu=1/k): images/s per trial, the
                                aggregate (all trials' training images over the wall time of their
                                measured epochs) and each process's peak reserved memory against its cap
@@ -48,19 +48,19 @@ def worker() -> None:
 
     from vggbn.config import TrialConfig
     from vggbn.data import load
-    from vggbn.sweep.trainable import _cap_gpu_memory, _cap_host_memory, _is_oom, _oom_message
+    from vggbn.limits import cap_gpu_memory, cap_host_memory, is_oom, oom_message
     from vggbn.train import fit, resolve_device
 
     cfg = TrialConfig.from_flat(spec["cfg"])
     device = resolve_device(cfg.device)
     share = spec["share"]
     if device.type == "cuda":  # what vggbn_trial does for resources.gpu=share
-        _cap_gpu_memory(share, device)
+        cap_gpu_memory(share, device)
         resources = {"GPU": share}
         total = torch.cuda.get_device_properties(device).total_memory
         cap = share * total if 0 < share < 1 else None
     else:  # ... and for resources.memory_gb on a CPU node
-        _cap_host_memory(spec["memory"])
+        cap_host_memory(spec["memory"])
         resources, total, cap = {"memory": spec["memory"]}, None, spec["memory"] or None
     data = load(cfg, device)
     images = data.steps_per_epoch(cfg.batch_size) * min(cfg.batch_size, len(data.train))
@@ -77,9 +77,9 @@ def worker() -> None:
     try:
         fit(cfg, on_epoch=on_epoch, data=data)
     except Exception as e:
-        if not _is_oom(e):
+        if not is_oom(e):
             raise
-        out["error"] = f"TrialOutOfMemory: {_oom_message(cfg, device, e, resources)}"
+        out["error"] = f"TrialOutOfMemory: {oom_message(cfg, device, e, resources)}"
     if device.type == "cuda":
         out["peak"] = torch.cuda.max_memory_reserved(device)
     print("RESULT " + json.dumps(out), flush=True)

@@ -1,8 +1,13 @@
+import contextlib
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -10,6 +15,9 @@ FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 REPO = Path(__file__).resolve().parent.parent
 SWEEPS = REPO / "sweeps"
 DATA = Path(__file__).resolve().parent / "data"
+# fixtures that start Ray or stand on an experiment a Ray sweep made: their tests are marked `ray`
+# (make test-fast leaves them out); a test that starts a `vggbn sweep` of its own says @pytest.mark.ray
+RAY_FIXTURES = {"smoke_run", "ray_cluster", "cluster", "ray_address", "ray_local"}
 
 
 _RUN: dict = {}
@@ -19,15 +27,24 @@ def pytest_sessionstart(session):
     _RUN["session"] = session
 
 
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
     """End the test process as the vggbn command ends (vggbn.cli.exit_without_teardown), after
-    pytest has written everything. The suite runs Ray (ray.init, Cluster), gRPC and pyarrow in this
-    process; in one CI run (2026-11-28, after "516 passed") a native thread they left behind
-    segfaulted the interpreter's teardown (dmesg: a thread jumping into freed heap), so make failed
-    a passed run. VGGBN_TEST_PLAIN_EXIT=1 keeps Python's own exit, to look for that thread."""
+    pytest has written everything. Ray still lives in this process in a `make test` run: the
+    session's cluster (ray_cluster: its nodes' Python objects and their gRPC clients) and the
+    in-process sweeps of test_sweep_run.py (ray_local connects this process as a driver). A native
+    thread of theirs (gRPC, or pyarrow's pools) has segfaulted the interpreter's teardown after
+    every test had passed (dmesg: a thread jumping into freed heap), so make failed a passed run.
+    When no Ray started here (make test-fast) Python's own exit runs; VGGBN_TEST_PLAIN_EXIT=1 keeps
+    it always, to look for that thread."""
     session = _RUN.get("session")
-    if session is not None and not os.environ.get("VGGBN_TEST_PLAIN_EXIT"):
+    if session is not None and _RUN.get("ray_started") and not os.environ.get("VGGBN_TEST_PLAIN_EXIT"):
         from vggbn.cli import exit_without_teardown
 
         exit_without_teardown(int(session.exitstatus))
@@ -65,6 +82,164 @@ def vggbn(*args, env=None, timeout=540, cwd=None, **kw) -> subprocess.CompletedP
     """The `vggbn` command, as a user runs it (in a fresh process; never in the repository)."""
     return subprocess.run([sys.executable, "-m", "vggbn", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd, **kw)
+
+
+@contextlib.contextmanager
+def environ(env: dict | None):
+    """os.environ with `env` on top (a value None: unset) for the block, as it was after."""
+    saved = dict(os.environ)
+    for k, v in (env or {}).items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = str(v)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def _captured_fd(fd: int):
+    """What is written to file descriptor `fd` (native code, a child process) in the block."""
+    with tempfile.TemporaryFile(mode="w+b") as f:
+        saved = os.dup(fd)
+        os.dup2(f.fileno(), fd)
+        out = SimpleNamespace(text="")
+        try:
+            yield out
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            f.seek(0)
+            out.text = f.read().decode(errors="replace")
+
+
+def vggbn_main(*args, env=None, cwd=None, **_) -> subprocess.CompletedProcess:
+    """`vggbn ARGS` in this process, through vggbn.cli.main(argv): its exit code, stdout and stderr
+    as `vggbn` gives them (an exception main() lets through is its traceback and exit 1, as the
+    interpreter would print it), without a new interpreter importing torch and pandas again.
+    For error paths; each command's real process (the entry point, its exit code, no traceback,
+    nothing else on stderr) keeps a test that runs `vggbn` itself. The timeout of `vggbn()` is
+    not needed: nothing here waits on a process."""
+    from vggbn.cli import main
+
+    argv = [str(a) for a in args]
+    ray_before = _ray_initialized()
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch else None  # `vggbn train` sets them for its process
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with environ(env), _captured_fd(1) as fd1, _captured_fd(2) as fd2:
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    code = main(argv)
+                except SystemExit as e:  # argparse's own errors (exit 2) and --help
+                    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                except Exception:  # noqa: BLE001  (what the interpreter prints for an uncaught one)
+                    sys.stderr.write(traceback.format_exc())
+                    code = 1
+        finally:
+            for stream in (sys.__stdout__, sys.__stderr__):  # into the captured descriptors
+                stream.flush()
+            os.chdir(here)
+            if threads is not None:
+                torch.set_num_threads(threads)
+    if _ray_initialized() and not ray_before:  # it would stay in this process for every later test
+        import ray
+
+        ray.shutdown()
+        raise AssertionError(f"vggbn {' '.join(argv)} started Ray in the test process: run it with vggbn()")
+    return subprocess.CompletedProcess(["vggbn", *argv], int(code or 0), out.getvalue() + fd1.text,
+                                       err.getvalue() + fd2.text)
+
+
+def _ray_initialized() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray and getattr(ray, "is_initialized", lambda: False)())
+
+
+# ---------------------------------------------------------------------- Ray: one cluster for the session
+# A 0-CPU head (as cluster.yaml's) started once; each test adds the worker nodes it needs and the
+# fixtures remove them after it. A node inherits the environment of this process when it is added
+# (the test's cache dirs, credentials), as a local Ray inherits its driver's. The head checks its
+# nodes' health every 0.5 s: a node a test killed is seen dead in seconds (Ray's default, 3 s x 5
+# checks, would leave the next test a dead node that looks alive, or a 16 s wait for it).
+RAY_HEAD = {"num_cpus": 0, "include_dashboard": False,
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4}}
+RAY_CPUS = 2  # a worker for a test that needs *a* Ray: the 2 CPUs of the suite's machine, as a local Ray has
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """The session's Ray cluster (ray.cluster_utils.Cluster): only its head, until a test adds workers."""
+    from ray.cluster_utils import Cluster
+
+    root = tmp_path_factory.mktemp("ray-head")
+    _RUN["ray_started"] = True
+    with environ({"VGGBN_CACHE_DIR": root / "cache", "VGGBN_DATA_DIR": root / "datasets"}):
+        c = Cluster(initialize_head=True, head_node_args=RAY_HEAD)  # no test's environment
+    yield c
+    c.shutdown()
+
+
+def _remove_workers(c) -> None:
+    """Every worker node gone, and the cluster's head knowing it (also those a test killed)."""
+    for node in list(c.worker_nodes):
+        c.remove_node(node)  # graceful: the node says goodbye, its head knows at once
+    c.wait_for_nodes()
+
+
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's cluster for a test that adds, kills and replaces its own worker nodes
+    (add_node, remove_node): a node it adds runs in this test's environment. They are removed after it."""
+    _remove_workers(ray_cluster)
+    yield ray_cluster
+    _remove_workers(ray_cluster)
+
+
+@contextlib.contextmanager
+def ray_worker(ray_cluster, env: dict | None = None, num_cpus: int = RAY_CPUS):
+    """A worker node with `num_cpus` on the session's cluster for the block (in this process's
+    environment with `env` on top: what its trials see); yields the cluster's address."""
+    with environ(env):
+        node = ray_cluster.add_node(num_cpus=num_cpus)
+    try:
+        ray_cluster.wait_for_nodes()
+        yield ray_cluster.address
+    finally:
+        if node in ray_cluster.worker_nodes:
+            ray_cluster.remove_node(node)
+        ray_cluster.wait_for_nodes()
+
+
+@pytest.fixture
+def ray_address(cluster):
+    """*A* Ray for a test that needs one and nothing special of it: a RAY_CPUS worker on the
+    session's cluster, in this test's environment. `vggbn sweep --address` it instead of starting
+    a local Ray (seconds each, for every command)."""
+    with ray_worker(cluster) as address:
+        yield address
+
+
+@pytest.fixture
+def ray_local(ray_address):
+    """This process as a Ray driver of the session's cluster (for run_sweep in-process: the runner
+    joins the Ray already initialised), disconnected after the test."""
+    import ray
+
+    ray.init(address=ray_address, logging_level="ERROR", log_to_driver=False)
+    try:
+        yield ray_address
+    finally:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
-"""Bad input of every kind through the real `vggbn` command: exit code 2, a message of one or two
+"""Bad input of every kind through the `vggbn` command: exit code 2, a message of one or two
 lines on stderr that names the file or option and says how to fix it, no traceback, nothing lost.
+Each command runs one case as the real `vggbn` process (the entry point: its exit code, nothing
+else on stderr) and the others in this process through vggbn.cli.main (conftest.vggbn_main).
 
 Each case damages a copy (a sweep file in tmp_path, a copy of the smoke sweep's directory, a dataset
 cache) and compares what is on disk before and after the failed command. No case starts Ray: the
@@ -16,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import SWEEPS, vggbn
+from conftest import SWEEPS, vggbn, vggbn_main
 from test_data import fake_fmnist
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10" + bytes(range(256))
@@ -83,6 +85,10 @@ SWEEP_FILES = {  # id: (the file's content (None: a directory; "missing": none),
 }
 
 
+REAL = {"storage-ftp"}  # through the real process: no --dry-run, it must fail before Ray starts
+
+
+@pytest.mark.timeout(60)  # a hang (the 1e9 grid) fails
 @pytest.mark.parametrize("case", list(SWEEP_FILES))
 def test_bad_sweep_file_or_option(tmp_path, case):
     content, extra, names = SWEEP_FILES[case]
@@ -96,7 +102,8 @@ def test_bad_sweep_file_or_option(tmp_path, case):
     work = tmp_path / "cwd"  # relative storage and a broken URI would land here
     work.mkdir()
     before = snapshot(tmp_path)
-    r = vggbn("sweep", path, *extra, cwd=work, timeout=60)  # a hang (the 1e9 grid) times out
+    run = vggbn if case in REAL else vggbn_main
+    r = run("sweep", path, *extra, cwd=work, timeout=60)
     assert_user_error(r, *(path if n is FILE else n for n in names))
     assert_unchanged(tmp_path, before)  # nothing written, nothing removed
 
@@ -148,8 +155,9 @@ RESULTS_CASES = [(cmd, dmg) for cmd, damages in COMMANDS.items() for dmg in dama
 
 @pytest.fixture(scope="module")
 def results_runs(request, smoke_run, tmp_path_factory):
-    """The selected (command, damage) cases, each on its own damaged copy of the smoke sweep, run 3
-    at a time: each command is a fresh process that spends its seconds importing torch and pandas."""
+    """The selected (command, damage) cases, each on its own damaged copy of the smoke sweep: the
+    first case of each command as the real process (3 at a time: each spends its seconds importing
+    torch and pandas), the others in this process, one after another."""
     selected = [tuple(item.callspec.params.values()) for item in request.session.items
                 if item.originalname == "test_bad_results_directory"]
     dirs = {case: tmp_path_factory.mktemp("-".join(case)) / "smoke" for case in selected}
@@ -164,13 +172,17 @@ def results_runs(request, smoke_run, tmp_path_factory):
             named = DAMAGES[damage](d)
             before = snapshot(d)
             extra = ["--resolution", "2", "--samples", "1"] if command == "landscape" else []  # if it runs
-            r = vggbn(command, named if damage == "file-not-dir" else d, *extra, env=env, timeout=120)
+            real = damage == COMMANDS[command][0]
+            r = (vggbn if real else vggbn_main)(command, named if damage == "file-not-dir" else d, *extra,
+                                               env=env, timeout=120)
             return d, named, before, r
         except Exception as e:  # noqa: BLE001  (a timeout, say: that case's test raises it)
             return e
 
+    real = [case for case in selected if case[1] == COMMANDS[case[0]][0]]
     with ThreadPoolExecutor(3) as pool:
-        return dict(zip(selected, pool.map(run, selected)))
+        done = dict(zip(real, pool.map(run, real)))
+    return {case: done[case] if case in done else run(case) for case in selected}
 
 
 @pytest.mark.parametrize("command,damage", RESULTS_CASES, ids=[f"{c}-{d}" for c, d in RESULTS_CASES])
@@ -187,7 +199,7 @@ def test_export_rewrites_a_damaged_export(smoke_copy):
     (smoke_copy / "trials.parquet").write_bytes(PNG)
     (smoke_copy / "epochs.parquet").write_bytes(b"")
     keep = {k: v for k, v in snapshot(smoke_copy).items() if not k.endswith(".parquet")}
-    r = vggbn("export", smoke_copy, timeout=120)
+    r = vggbn_main("export", smoke_copy)
     assert r.returncode == 0, r.stderr[-3000:]
     assert {k: v for k, v in snapshot(smoke_copy).items() if not k.endswith(".parquet")} == keep
     from analysis.results import load
@@ -200,7 +212,7 @@ def test_export_rewrites_a_damaged_export(smoke_copy):
 @pytest.mark.parametrize("option,value", [("--resolution", 0), ("--resolution", 1), ("--samples", 0)])
 def test_landscape_bad_grid(smoke_copy, option, value):
     before = snapshot(smoke_copy)
-    assert_user_error(vggbn("landscape", smoke_copy, option, value, timeout=120), f"{option} {value}")
+    assert_user_error(vggbn_main("landscape", smoke_copy, option, value), f"{option} {value}")
     assert_unchanged(smoke_copy, before)
 
 
@@ -216,7 +228,8 @@ def test_report_bad_reference(smoke_copy, tmp_path, kind):
     elif kind == "directory":
         ref.mkdir()
     before, ref_before = snapshot(smoke_copy), snapshot(ref)
-    r = vggbn("report", smoke_copy, "--reference", ref, timeout=120)
+    run = vggbn if kind == "missing" else vggbn_main  # one through the real process
+    r = run("report", smoke_copy, "--reference", ref, timeout=120)
     assert_user_error(r, ref)
     assert_unchanged(smoke_copy, before)
     assert_unchanged(ref, ref_before)
@@ -227,14 +240,14 @@ def test_train_out_is_a_file(tmp_path):
     out = tmp_path / "run"
     out.write_text("my notes\n")
     r = vggbn("train", "--set", "dataset=synthetic", "--set", "synthetic_size=64", "--set", "epochs=1",
-              "--set", "width=0.0625", "--out", out, "--quiet", cwd=tmp_path, timeout=120)
+              "--set", "width=0.0625", "--out", out, "--quiet", cwd=tmp_path, timeout=120)  # the real one
     assert_user_error(r, "--out", out)
     assert out.read_text() == "my notes\n"
 
 
 def test_train_data_dir_cannot_be_created(tmp_path):
-    r = vggbn("train", "--set", "dataset=fashion_mnist", "--set", "data_dir=/proc/xyz", "--quiet",
-              cwd=tmp_path, timeout=120)
+    r = vggbn_main("train", "--set", "dataset=fashion_mnist", "--set", "data_dir=/proc/xyz", "--quiet",
+                   cwd=tmp_path)
     assert_user_error(r, "/proc/xyz", "data_dir")
 
 
@@ -254,7 +267,7 @@ def test_damaged_tensor_cache_is_rebuilt(tmp_path, damage):
     assert built
     good = torch.load(path, weights_only=True)
     path.write_bytes(damage)
-    r = vggbn("train", *FMNIST_TRAIN, "--set", f"data_dir={d}", cwd=tmp_path, timeout=300)
+    r = vggbn_main("train", *FMNIST_TRAIN, "--set", f"data_dir={d}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "test_acc=" in r.stdout
     again = _read_cache(path)
@@ -271,7 +284,7 @@ def test_damaged_cache_and_damaged_archive(tmp_path):
     path.write_bytes(NOISE)
     archive = d / "train-images-idx3-ubyte.gz"
     archive.write_bytes(NOISE)
-    r = vggbn("train", *FMNIST_TRAIN, "--set", f"data_dir={d}", cwd=tmp_path, timeout=300)
+    r = vggbn_main("train", *FMNIST_TRAIN, "--set", f"data_dir={d}", cwd=tmp_path)
     assert_user_error(r, path, archive)
     assert path.read_bytes() == NOISE and archive.read_bytes() == NOISE
 
@@ -281,7 +294,7 @@ def test_corrupt_dataset_archive(tmp_path):
     archive = d / "t10k-labels-idx1-ubyte.gz"
     archive.write_bytes(archive.read_bytes()[:20])  # truncated download
     before = snapshot(d)
-    r = vggbn("train", *FMNIST_TRAIN, "--set", f"data_dir={d}", cwd=tmp_path, timeout=300)
+    r = vggbn_main("train", *FMNIST_TRAIN, "--set", f"data_dir={d}", cwd=tmp_path)
     assert_user_error(r, archive)
     assert_unchanged(d, before)
 
@@ -290,5 +303,5 @@ def test_debug_shows_the_traceback(tmp_path):
     """--debug is the way to the traceback of any of the errors above."""
     path = tmp_path / "sweep.yaml"
     path.write_text("- a list\n")
-    r = vggbn("--debug", "sweep", path, "--dry-run", cwd=tmp_path, timeout=60)
+    r = vggbn_main("--debug", "sweep", path, "--dry-run", cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" in r.stderr and "SweepSpecError" in r.stderr

@@ -20,7 +20,8 @@ import yaml
 from conftest import tiny, wait_for
 from vggbn.schema import EPOCH_EXTRA, EPOCH_METRICS
 from vggbn.store.checkpoint import list_checkpoints, load_state
-from vggbn.spec.model import SweepSpecError, load_spec
+from vggbn.plan.load import load_spec
+from vggbn.spec.model import SweepSpecError
 
 pytestmark = pytest.mark.timeout(400)
 EPOCHS, EVERY, KILL_AT = 4, 2, 3  # rank 1 dies as it starts epoch 3; the checkpoint is epoch 2's
@@ -32,6 +33,7 @@ BASE = tiny(synthetic_size=512, batch_size=64, epochs=EPOCHS, bn=False, dropout=
 # A wrong weighting of the halves moves SGD's parameters by ~lr x gradient, orders of magnitude more.
 # (At lr 0.05 this net's 4th epoch amplifies the rounding to 1e-3: chaotic dynamics, not a bug.)
 PARAM_TOL, LOSS_TOL = 1e-5, 1e-6
+HOLD = Path(__file__).parent / "worker_hold"  # the test's hold points, loaded by the sweep's workers
 
 
 def _rows(exp: Path) -> list[dict]:
@@ -61,7 +63,10 @@ def killed_run(tmp_path_factory):
     pids = root / "pids"
     pids.mkdir()
     (pids / f"hold-epoch-{KILL_AT}").touch()  # the workers wait here until the test removes it
-    env = {**os.environ, "VGGBN_DIST_PID_DIR": str(pids), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # worker_hold/sitecustomize.py: each worker notes its pid and epoch and waits at the hold
+    path = os.pathsep.join(filter(None, [str(HOLD), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "VGGBN_TEST_HOLD_DIR": str(pids),
+           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
            "VGGBN_CACHE_DIR": str(root / "cache"), "VGGBN_DATA_DIR": str(root / "datasets")}
     exp = root / "results" / "ddp"
     proc = subprocess.Popen([sys.executable, "-m", "vggbn", "sweep", str(spec)], stdout=subprocess.PIPE,
@@ -188,7 +193,7 @@ def test_probes_need_one_process(tmp_path):
 
 
 def test_resources_count_every_worker(tmp_path):
-    from vggbn.spec.model import dry_run
+    from vggbn.plan.dry_run import dry_run
 
     s = load_spec(_spec(tmp_path, gpu=2))  # gpu: 2 = 2 workers x 1 GPU
     r = s.resources

@@ -245,13 +245,13 @@ def test_out_of_memory_errors_that_trial_alone(tmp_path):
 
 
 def test_oom_is_recognised_from_cuda_and_cpu_errors():
-    from vggbn.sweep.trainable import _is_oom
+    from vggbn.limits import is_oom
 
-    assert _is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert _is_oom(MemoryError())
-    assert _is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"))
-    assert not _is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
-    assert not _is_oom(ValueError("out of memory"))
+    assert is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_oom(MemoryError())
+    assert is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"))
+    assert not is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_oom(ValueError("out of memory"))
 
 
 # ---------------------------------------------------------------------- ASHA across a resume

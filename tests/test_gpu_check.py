@@ -53,15 +53,15 @@ def test_gpu_trial_that_sees_no_cuda_errors_with_one_line(tmp_path, gpu_cluster)
 def test_gpu_memory_cap_is_set_per_process_with_a_device_index(monkeypatch):
     """Packed trials (0 < share < 1) are capped on the trial's CUDA device, named by index (torch
     refuses a bare torch.device("cuda")); whole GPUs and CPU trials are left alone."""
-    from vggbn.sweep.trainable import _cap_gpu_memory
+    from vggbn.limits import cap_gpu_memory
 
     calls = []
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    _cap_gpu_memory(0.25, torch.device("cuda"))
-    _cap_gpu_memory(0.5, torch.device("cuda:1"))
-    _cap_gpu_memory(1, torch.device("cuda"))
-    _cap_gpu_memory(0.25, torch.device("cpu"))
+    cap_gpu_memory(0.25, torch.device("cuda"))
+    cap_gpu_memory(0.5, torch.device("cuda:1"))
+    cap_gpu_memory(1, torch.device("cuda"))
+    cap_gpu_memory(0.25, torch.device("cpu"))
     assert calls == [(0.25, 0), (0.5, 1)]
     assert all(isinstance(f, float) and isinstance(d, int) for f, d in calls)
 
@@ -69,7 +69,7 @@ def test_gpu_memory_cap_is_set_per_process_with_a_device_index(monkeypatch):
 def test_what_the_gpu_check_imports_needs_no_ray():
     """The GPU machine has torch, numpy and pyyaml but no Ray, pandas, pyarrow or boto3, and gets only
     the few wheels gpu_check.sh --fetch-wheels names: the worker's imports must stay within those."""
-    code = ("import sys, vggbn.train, vggbn.data, vggbn.sweep.trainable; "
+    code = ("import sys, vggbn.train, vggbn.data, vggbn.limits; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'pandas', 'pyarrow', 'boto3', "
             "'optuna', 'scipy', 'matplotlib', 'torchvision'}))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)

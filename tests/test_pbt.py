@@ -12,7 +12,8 @@ import yaml
 
 from conftest import SWEEPS, tiny, vggbn
 from vggbn.config import TrialConfig
-from vggbn.spec.model import SweepSpecError, load_spec
+from vggbn.plan.load import load_spec
+from vggbn.spec.model import SweepSpecError
 from vggbn.train import fit, lr_factor
 
 HI = 0.02  # the top of the lr range: a perturbed value is clipped to it

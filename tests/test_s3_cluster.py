@@ -81,7 +81,7 @@ def test_storage_uris_keep_their_query_and_their_scheme(tmp_path):
     from analysis.report import default_out
     from vggbn import uri as storage
     from vggbn.store.experiment import Experiment, ExperimentError
-    from vggbn.spec.model import load_spec
+    from vggbn.plan.load import load_spec
 
     q = "endpoint_override=127.0.0.1:9000&scheme=http"
     spec = load_spec(SWEEPS / "smoke.yaml", {"storage": f"s3://bkt/a/b/?{q}"})

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from conftest import SWEEPS, tiny, vggbn
-from vggbn.spec.model import SweepSpecError, load_spec, stored_spec
+from vggbn.plan.load import load_spec
+from vggbn.spec.model import SweepSpecError, stored_spec
 
 SGD, ADAMW = (0.01, 0.4), (1e-4, 3e-3)
 SPACE = {"optimizer": {"choice": ["sgd", "adamw"]},

@@ -5,7 +5,9 @@ import pytest
 import yaml
 
 from conftest import SWEEPS, vggbn
-from vggbn.spec.model import SweepSpecError, dry_run, load_spec
+from vggbn.plan.dry_run import dry_run
+from vggbn.plan.load import load_spec
+from vggbn.spec.model import SweepSpecError
 OK = {"name": "t", "base": {"dataset": "synthetic", "epochs": 4}, "space": {"bn": {"grid": [False, True]}}}
 
 

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from conftest import tiny, vggbn
-from vggbn.spec.model import SweepSpecError, load_spec
+from vggbn.plan.load import load_spec
+from vggbn.spec.model import SweepSpecError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*noload:DeprecationWarning")  # mlflow's SQLAlchemy store
 CASES = [{"bn": False}, {"bn": True, "dropout": 0.1}]  # the second case sets a key the first does not

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 _API = {
     "TrialConfig": "config", "ConfigError": "config", "fit": "train", "build_model": "models",
-    "load_spec": "spec.model", "SweepSpec": "spec.model", "SweepSpecError": "spec.model",
+    "load_spec": "plan.load", "SweepSpec": "spec.model", "SweepSpecError": "spec.model",
     "run_sweep": "sweep.runner", "resume_sweep": "sweep.runner", "export_sweep": "sweep.export",
 }
 

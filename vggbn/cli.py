@@ -81,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _stored_trial(args: argparse.Namespace, flat: dict[str, Any]) -> TrialConfig:
     """`--from DIR --trial ID`: the trial's resolved config as it trained (--set changes a key)."""
-    from vggbn.plan.earlier import trial_config
+    from vggbn.plan.earlier import rerun_config
     from vggbn.store.experiment import ExperimentError
 
     if not (args.source and args.trial):
@@ -91,7 +91,7 @@ def _stored_trial(args: argparse.Namespace, flat: dict[str, Any]) -> TrialConfig
         raise UsageError("--preset/--recipe with --from: the stored config already resolved them.\n"
                          "Fix: drop them (change single keys with --set KEY=VALUE)")
     try:
-        stored = trial_config(args.source, args.trial)
+        stored = rerun_config(args.source, args.trial)
     except ExperimentError:
         raise
     except ValueError as e:
@@ -135,7 +135,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from vggbn.store.experiment import Experiment
     from vggbn.sweep.export import summary_text
-    from vggbn.spec.model import dry_run, load_spec
+    from vggbn.plan.dry_run import dry_run
+    from vggbn.plan.load import load_spec
 
     spec = load_spec(args.file, parse_sets(args.set))
     if args.dry_run:

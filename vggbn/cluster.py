@@ -15,7 +15,6 @@ import contextlib
 import copy
 import ipaddress
 import json
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import yaml
 
 from vggbn.errors import ClusterInitError
+from vggbn.sweep import ray_compat
 
 TAG = "vggbn:cluster-init"
 TRUST = {"Version": "2012-10-17", "Statement": [
@@ -243,16 +243,11 @@ def cluster_config(template: dict[str, Any], region: str, sg_id: str, head_arn: 
 def validate(cfg: dict[str, Any], where: str) -> None:
     """Ray's own checks, as `ray up` runs them (quietly: its INFO lines are not ours to print)."""
     import jsonschema
-    from ray.autoscaler._private.util import logger, prepare_config, validate_config
 
-    level = logger.level
-    logger.setLevel(logging.WARNING)
     try:
-        validate_config(prepare_config(copy.deepcopy(cfg)))
+        ray_compat.validate_cluster_config(cfg)  # Ray's private autoscaler checks
     except (jsonschema.ValidationError, ValueError) as e:
         raise ClusterInitError(f"{where}: not valid for Ray's cluster schema: {str(e).splitlines()[0]}") from None
-    finally:
-        logger.setLevel(level)
 
 
 def init(bucket: str, ssh_cidr: str, *, out: str | Path, region: str | None = None, name: str = "vggbn",

@@ -181,7 +181,7 @@ class TrialConfig(BaseModel):
         if unknown:
             k = unknown[0]
             hint = suggest(k, cls.model_fields) or f" (valid keys: {', '.join(cls.model_fields)})"
-            raise ConfigError(f"unknown key '{k}'{hint}")
+            raise ConfigError(f"unknown key '{k}'{hint}", unknown_key=k)
         recipe = flat.get("recipe", DEFAULT_RECIPE)
         if recipe not in RECIPES:
             raise ConfigError(f"recipe={recipe!r} is invalid: unknown recipe{suggest(str(recipe), RECIPES)}; "
@@ -193,7 +193,10 @@ class TrialConfig(BaseModel):
         try:  # `_expand` applies the recipe and the preset
             return cls.model_validate(flat)
         except ValidationError as e:
-            raise ConfigError(format_validation_error(e, cls)) from None
+            first = e.errors()[0] if e.errors() else {}
+            extra = first.get("type") == "extra_forbidden"
+            unknown = (".".join(map(str, first["loc"])) or "<config>") if extra else None
+            raise ConfigError(format_validation_error(e, cls), unknown_key=unknown) from None
 
     def to_flat(self) -> dict[str, Any]:
         return self.model_dump()

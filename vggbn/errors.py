@@ -32,6 +32,10 @@ class UsageError(VggbnError):
 class ConfigError(VggbnError, ValueError):
     """A trial configuration that cannot run: names the key, the value and what is allowed."""
 
+    def __init__(self, what: str, fix: str | None = None, *, unknown_key: str | None = None):
+        super().__init__(what, fix)
+        self.unknown_key = unknown_key  # set when the problem is a key TrialConfig does not have
+
 
 class SpecError(VggbnError, ValueError):
     """A sweep file that cannot run: names the file, the key path and what is wrong."""

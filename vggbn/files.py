@@ -1,5 +1,5 @@
 """Local files that appear whole or not at all: every file vggbn writes on a local disk goes
-through `write_atomic` (object storage: sweep/experiment.py puts each file in one request)."""
+through `write_atomic` (object storage: store/experiment.py puts each file in one request)."""
 
 from __future__ import annotations
 

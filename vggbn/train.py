@@ -22,10 +22,13 @@ from vggbn.config import ConfigError, TrialConfig
 from vggbn.data import DeviceData, load
 from vggbn.files import write_atomic
 from vggbn.models import build_model, count_params
+from vggbn.parallel import SingleProcess
 from vggbn.probes import probe, rng_state
+from vggbn.provenance import provenance
 
 
 OnEpoch = Callable[[dict[str, Any], dict[str, Any]], None]
+SINGLE = SingleProcess()  # fit's default hooks: one process, every hook the identity
 
 
 # ---------------------------------------------------------------------- device and precision
@@ -113,30 +116,29 @@ def _keep_config(opt: torch.optim.Optimizer, sched, groups: list[dict], cfg: Tri
 # ---------------------------------------------------------------------- the trial
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DeviceData, split, batch_size: int, amp,
-             dist=None) -> tuple[float, float]:
+             hooks: SingleProcess = SINGLE) -> tuple[float, float]:
     model.eval()
     loss = torch.zeros((), device=data.device, dtype=torch.float64)
     correct = torch.zeros((), device=data.device, dtype=torch.long)
-    batches = data.eval_batches(split, batch_size) if dist is None else dist.eval_batches(data, split, batch_size)
-    for x, y in batches:
+    for x, y in hooks.eval_batches(data, split, batch_size):
         with amp():
             out = model(x)
         loss += nn.functional.cross_entropy(out.float(), y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
-    if dist is not None:  # each rank evaluated its share of the split
-        loss, correct = dist.all_sum(loss), dist.all_sum(correct)
+    loss, correct = hooks.all_sum(loss), hooks.all_sum(correct)  # data-parallel: each rank's share
     return loss.item() / len(split), correct.item() / len(split)
 
 
 def fit(cfg: TrialConfig | dict[str, Any], on_epoch: OnEpoch | None = None,
         resume_state: dict[str, Any] | None = None, *, data: DeviceData | None = None,
-        dist=None) -> dict:
+        hooks: SingleProcess = SINGLE) -> dict:
     """Train one trial. Calls on_epoch(metrics, state) after every epoch; returns the result dict.
 
     `state` holds live references (model/optimizer state dicts): save or copy it inside the
     callback. Passing it back as `resume_state` continues exactly where it was taken.
-    `dist` (sweep/distributed.py's DataParallel, on each of its ranks) trains data-parallel: every
-    rank draws the same global batch and takes its slice; metrics are summed over the ranks.
+    `hooks` (parallel.py): SingleProcess, or a DataParallel on each rank of a data-parallel run,
+    where every rank draws the same global batch and takes its slice; metrics are summed over
+    the ranks.
     """
     if not isinstance(cfg, TrialConfig):
         cfg = TrialConfig.from_flat(cfg)
@@ -144,122 +146,142 @@ def fit(cfg: TrialConfig | dict[str, Any], on_epoch: OnEpoch | None = None,
     if cfg.cpu_threads > 0:
         torch.set_num_threads(cfg.cpu_threads)
     device = resolve_device(cfg.device)
-    dtype = autocast_dtype(cfg, device)
-
-    def amp():
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=dtype)
-
     if data is None:
         data = load(cfg, device)
-    torch.manual_seed(cfg.seed)  # weight init and dropout
-    model = build_model(cfg, data.in_channels, data.num_classes).to(
-        device, memory_format=torch.channels_last)
-    if dist is not None:
-        model = dist.convert(model, cfg)  # SyncBatchNorm on CUDA; refuses what it cannot run
-    net = model if dist is None else dist.wrap(model)  # DistributedDataParallel
-    net = torch.compile(net) if cfg.compile else net
-    opt = make_optimizer(cfg, model)
-    spe = data.steps_per_epoch(cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, spe))
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003)  # shuffle + augment
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
-    history: list[dict[str, Any]] = []
-    steps: list[dict[str, Any]] = []
-    probes: list[dict[str, Any]] = []
-    start_epoch = 0
+    run = _Run(cfg, data, device, hooks)
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        in_force = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-        opt.load_state_dict(resume_state["optimizer"])
-        sched.load_state_dict(resume_state["scheduler"])
-        _keep_config(opt, sched, in_force, cfg, spe)
-        torch.set_rng_state(resume_state["rng"]["torch"])
-        if device.type == "cuda" and resume_state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(resume_state["rng"]["cuda"], device)
-        gen.set_state(resume_state["rng"]["data"])
-        history = list(resume_state["history"])
-        steps = list(resume_state.get("steps", []))
-        probes = list(resume_state.get("probes", []))
-        start_epoch = resume_state["epoch"]
-
-    diverged = bool(history and history[-1]["diverged"])
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        if diverged:
+        run.restore(resume_state)
+    for epoch in range(run.epoch + 1, cfg.epochs + 1):
+        if run.diverged:
             break
+        metrics = run.train_epoch(epoch)
+        if on_epoch is not None:
+            on_epoch(metrics, run.state())
+    return summarize(cfg, run.history, run.steps, run.probes, model=run.model, device=device,
+                     wall_time_s=time.perf_counter() - t_start)
+
+
+class _Run:
+    """fit()'s training objects and its record so far (history, steps, probes), in that order of
+    construction: the seeded weight init first, then what draws on no RNG."""
+
+    def __init__(self, cfg: TrialConfig, data: DeviceData, device: torch.device, hooks: SingleProcess):
+        self.cfg, self.data, self.device, self.hooks = cfg, data, device, hooks
+        self.dtype = autocast_dtype(cfg, device)
+        torch.manual_seed(cfg.seed)  # weight init and dropout
+        model = build_model(cfg, data.in_channels, data.num_classes).to(
+            device, memory_format=torch.channels_last)
+        self.model = hooks.convert(model, cfg)  # data-parallel: SyncBatchNorm on CUDA; refuses probes
+        net = hooks.wrap(self.model)  # data-parallel: DistributedDataParallel
+        self.net = torch.compile(net) if cfg.compile else net
+        self.opt = make_optimizer(cfg, self.model)
+        self.spe = spe = data.steps_per_epoch(cfg.batch_size)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(cfg, s, spe))
+        self.gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003)  # shuffle + augment
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.history: list[dict[str, Any]] = []
+        self.steps: list[dict[str, Any]] = []
+        self.probes: list[dict[str, Any]] = []
+        self.epoch = 0
+
+    @property
+    def diverged(self) -> bool:
+        return bool(self.history and self.history[-1]["diverged"])
+
+    def amp(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def restore(self, s: dict[str, Any]) -> None:
+        """Continue from a state() taken at the end of an epoch, under this run's config."""
+        opt, sched = self.opt, self.sched
+        self.model.load_state_dict(s["model"])
+        in_force = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        opt.load_state_dict(s["optimizer"])
+        sched.load_state_dict(s["scheduler"])
+        _keep_config(opt, sched, in_force, self.cfg, self.spe)
+        torch.set_rng_state(s["rng"]["torch"])
+        if self.device.type == "cuda" and s["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(s["rng"]["cuda"], self.device)
+        self.gen.set_state(s["rng"]["data"])
+        self.history = list(s["history"])
+        self.steps = list(s.get("steps", []))
+        self.probes = list(s.get("probes", []))
+        self.epoch = s["epoch"]
+
+    def state(self) -> dict[str, Any]:
+        device = self.device
+        return {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "data": self.gen.get_state(),
+                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+                "history": self.history, "steps": self.steps, "probes": self.probes,
+                "config": self.cfg.to_flat()}
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch's steps, then its evaluation; appends to the record and returns its metrics."""
+        cfg, data, device, hooks, opt, net = self.cfg, self.data, self.device, self.hooks, self.opt, self.net
         t0 = time.perf_counter()
-        model.train()
+        self.model.train()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.long)
         step_losses, step_lrs, probe_rows = [], [], []
-        first_step = (epoch - 1) * spe
+        first_step = (epoch - 1) * self.spe
         lr_now = opt.param_groups[0]["lr"]
-        batches = data.train_batches(cfg.batch_size, gen, cfg.augment)
-        if dist is not None:  # this rank's slice of each global batch; its own dropout stream
-            batches = dist.shard(batches, cfg, epoch)
+        # data-parallel: this rank's slice of each global batch; its own dropout stream
+        batches = hooks.shard(data.train_batches(cfg.batch_size, self.gen, cfg.augment), cfg, epoch)
         for i, (x, y) in enumerate(batches):
             probing = cfg.probe_every > 0 and (first_step + i + 1) % cfg.probe_every == 0
             if probing:
                 rng0 = rng_state(device)  # the probes replay this step's dropout masks
             lr_now = opt.param_groups[0]["lr"]  # what this step uses, as the optimizer holds it
-            with amp():
+            with self.amp():
                 out = net(x)
-                loss = criterion(out, y)
+                loss = self.criterion(out, y)
             opt.zero_grad(set_to_none=True)
-            (loss if dist is None else loss * dist.weight).backward()  # DDP: the global batch's mean
+            hooks.scaled(loss).backward()
             if probing:
-                rows = probe(net, lambda m, x=x, y=y: criterion(m(x), y), lr_now, cfg.probe_etas,
-                             rng0, amp)
+                rows = probe(net, lambda m, x=x, y=y: self.criterion(m(x), y), lr_now, cfg.probe_etas,
+                             rng0, self.amp)
                 probe_rows.append((first_step + i + 1, lr_now, loss.detach(), rows))
             opt.step()
-            sched.step()
+            self.sched.step()
             # running sums stay on the device: no host sync per step
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
             if cfg.record_steps:
-                step_losses.append(loss.detach() if dist is None else loss.detach() * dist.share)
+                step_losses.append(hooks.step_loss(loss))
                 step_lrs.append(lr_now)
-        if dist is not None:  # the ranks' sums -> the global batches'
-            loss_sum, correct = dist.all_sum(loss_sum), dist.all_sum(correct)
-            step_losses = list(dist.all_sum(torch.stack(step_losses))) if step_losses else []
-        n_seen = spe * min(cfg.batch_size, len(data.train))
+        # data-parallel: the ranks' sums -> the global batches'
+        loss_sum, correct = hooks.all_sum(loss_sum), hooks.all_sum(correct)
+        step_losses = hooks.all_sum(torch.stack(step_losses)) if step_losses else None
+        n_seen = self.spe * min(cfg.batch_size, len(data.train))
         train_loss = loss_sum.item() / n_seen  # the epoch's one sync
         train_time = time.perf_counter() - t0
-        diverged = not math.isfinite(train_loss)
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss,
                                    "train_acc": correct.item() / n_seen}
-        evaluated = net if dist is None else dist.eval_model(model)  # rank 0's BN buffers
+        evaluated = hooks.eval_model(self.model, net)  # data-parallel: rank 0's BN buffers
         if data.val is not None:
             metrics["val_loss"], metrics["val_acc"] = evaluate(evaluated, data, data.val,
-                                                               cfg.eval_batch_size, amp, dist)
+                                                               cfg.eval_batch_size, self.amp, hooks)
         metrics["test_loss"], metrics["test_acc"] = evaluate(evaluated, data, data.test,
-                                                             cfg.eval_batch_size, amp, dist)
+                                                             cfg.eval_batch_size, self.amp, hooks)
         metrics["lr"] = lr_now  # the epoch's last step's, read from the optimizer
         metrics["epoch_time_s"] = time.perf_counter() - t0
         metrics["images_per_s"] = n_seen / train_time
-        metrics["diverged"] = diverged
-        history.append(metrics)
-        if step_losses:
-            values = torch.stack(step_losses).float().cpu().tolist()
-            steps += [{"step": first_step + i + 1, "epoch": epoch, "train_loss": v, "lr": lr}
-                      for i, (v, lr) in enumerate(zip(values, step_lrs))]
-        for step, lr_now, base, rows in probe_rows:  # host transfers at the epoch's end
-            probes += [{"step": step, "epoch": epoch, "eta": m * lr_now, "eta_mult": m,
-                        "base_loss": float(base), "loss": r[1], "grad_diff": r[2], "beta": r[3]}
-                       for m, r in zip(cfg.probe_etas, rows.double().cpu().tolist())]
-        if on_epoch is not None:
-            state = {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(),
-                     "rng": {"torch": torch.get_rng_state(), "data": gen.get_state(),
-                             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda"
-                             else None},
-                     "history": history, "steps": steps, "probes": probes,
-                     "config": cfg.to_flat()}
-            on_epoch(metrics, state)
-    return summarize(cfg, history, steps, probes, model=model, device=device,
-                     wall_time_s=time.perf_counter() - t_start)
+        metrics["diverged"] = not math.isfinite(train_loss)
+        self.history.append(metrics)
+        self.epoch = epoch
+        if step_losses is not None:
+            values = step_losses.float().cpu().tolist()
+            self.steps += [{"step": first_step + i + 1, "epoch": epoch, "train_loss": v, "lr": lr}
+                           for i, (v, lr) in enumerate(zip(values, step_lrs))]
+        for step, lr_step, base, rows in probe_rows:  # host transfers at the epoch's end
+            self.probes += [{"step": step, "epoch": epoch, "eta": m * lr_step, "eta_mult": m,
+                             "base_loss": float(base), "loss": r[1], "grad_diff": r[2], "beta": r[3]}
+                            for m, r in zip(cfg.probe_etas, rows.double().cpu().tolist())]
+        return metrics
 
 
 def summarize(cfg: TrialConfig, history: list[dict], steps: list[dict], probes: list[dict], *,
@@ -284,8 +306,6 @@ class RunDir:
     metrics.jsonl one line an epoch, result.json (and steps.jsonl) at the end."""
 
     def __init__(self, out: Path, cfg: TrialConfig, device: torch.device):
-        from vggbn.provenance import provenance
-
         self.out, self.cfg, self.prov = Path(out), cfg, provenance(device)
         write_atomic(self.out / "config.json", json.dumps(cfg.to_flat(), indent=2) + "\n")
         write_atomic(self.out / "provenance.json", json.dumps(self.prov, indent=2) + "\n")

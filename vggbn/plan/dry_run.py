@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from vggbn.sweep.data_parallel import describe as describe_resources
+import yaml
 
-if TYPE_CHECKING:
-    from vggbn.spec.model import SweepSpec
+from vggbn.plan.earlier import warm_start
+from vggbn.plan.optuna_space import sample
+from vggbn.spec import pbt
+from vggbn.spec.model import SweepSpec
+from vggbn.spec.workers import describe as describe_resources
+from vggbn.store.experiment import Experiment
 
 DRY_RUN_LINES = 200
 TPE_STARTUP = 10  # TPESampler's n_startup_trials (search.py passes it): TPE's random start
 
 
 # Approximate on-demand list prices in USD per instance-hour and the GPUs they carry (AWS, us-east-1
-# / us-west-2 as published in 2024-2025): an estimate's order of magnitude, not a quote.
+# / us-west-2; docs/changelog says when they were taken): an estimate's order of magnitude, not a quote.
 GPU_INSTANCES = {"g4dn.xlarge": (1, 0.526), "g4dn.2xlarge": (1, 0.752), "g5.xlarge": (1, 1.006),
                  "g5.2xlarge": (1, 1.212), "g5.12xlarge": (4, 5.672), "g6.xlarge": (1, 0.805),
                  "g6.2xlarge": (1, 0.978), "p3.2xlarge": (1, 3.06), "p3.8xlarge": (4, 12.24)}
@@ -25,16 +28,10 @@ GPU_INSTANCES = {"g4dn.xlarge": (1, 0.526), "g4dn.2xlarge": (1, 0.752), "g5.xlar
 
 def _measured_epoch_seconds(spec: SweepSpec) -> tuple[float | None, str]:
     """Median epoch time of this experiment's exported epochs, when it has run before."""
-    import io
-
     try:
-        import pandas as pd
-
-        from vggbn.store.experiment import Experiment
-
-        raw = Experiment(spec.experiment_path()).read_bytes("epochs.parquet")
-        if raw:
-            t = pd.read_parquet(io.BytesIO(raw))["epoch_time_s"].dropna()
+        epochs, _ = Experiment(spec.experiment_path()).read_export("epochs.parquet")
+        if epochs is not None:
+            t = epochs["epoch_time_s"].dropna()
             if len(t):
                 return float(t.median()), f"measured: median of {len(t)} epochs already run"
     except Exception:  # no experiment yet, unreadable storage: the stated time, if any
@@ -44,8 +41,6 @@ def _measured_epoch_seconds(spec: SweepSpec) -> tuple[float | None, str]:
 
 def _gpu_prices(cluster: str | Path | None) -> list[tuple[str, str, float]]:
     """(node type, instance type, USD per GPU-hour) of a cluster config's GPU worker types."""
-    import yaml
-
     path = Path(cluster) if cluster else next((Path(p) for p in ("cluster.local.yaml", "cluster.yaml")
                                                if Path(p).is_file()), None)
     try:
@@ -122,9 +117,8 @@ def dry_run(spec: SweepSpec) -> str:
                      f"half-width of the mean {spec.metric} is above {rule.ci_halfwidth:g} {unit} "
                      f"(t quantile corrected over {rule.looks} looks), it gets one more seed, up to "
                      f"{rule.max}")
-    if spec.scheduler.type in ("pbt", "pb2"):
-        from vggbn.sweep.schedulers.pbt import describe
-        lines += describe(spec)
+    if spec.scheduler.type in pbt.TYPES:
+        lines += pbt.describe(spec)
     earlier, warm = _from_earlier(spec)
     lines += earlier
     draws, tpe = [], ""
@@ -134,8 +128,6 @@ def dry_run(spec: SweepSpec) -> str:
         # Optuna samples these (search.py): its random sampler with the spec's seed draws what the
         # first trials get (TPE's own start: random until 10 trials, warm-start ones included, have
         # finished), conditional keys only under their parent's values
-        from vggbn.plan.optuna_space import sample
-
         n = spec.trial_count() if spec.search == "random" else max(0, TPE_STARTUP - warm)
         lines.append(f"the first {min(n, spec.trial_count())} trials: Optuna's random sampler, seed {spec.seed}"
                      + (f" (TPE's start, until {TPE_STARTUP} trials have finished)" if spec.search == "optuna"
@@ -160,8 +152,6 @@ def dry_run(spec: SweepSpec) -> str:
     return "\n".join(lines + estimate(spec))
 
 
-
-
 def _short(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -176,8 +166,6 @@ def _from_earlier(spec: SweepSpec) -> tuple[list[str], int]:
                    f"completed trial): " + (", ".join(f"{k}={_short(v)}" for k, v in b.taken.items()) or "nothing")
                    + " (this file's base, space and cases keep their own keys)")
     if spec.warm_start:
-        from vggbn.plan.earlier import warm_start
-
         trials, line = warm_start(spec)
         out.append(line)
         warm = len(trials)

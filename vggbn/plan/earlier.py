@@ -6,45 +6,42 @@
 - `resolve_base_from`: an ablation takes its base from an HPO export's best trial, chosen on a
   validation metric (never the test set): the keys the HPO searched (or `keys:`); the spec records
   which trial, its value and what it took.
-- `trial_config`: one stored trial's resolved config, for `vggbn train --from DIR --trial ID`.
+- `rerun_config`: one stored trial's resolved config, for `vggbn train --from DIR --trial ID`.
 
-Errors name the experiment and say how to fix it (raised as ValueError inside the spec's
-validation, which adds the sweep file's name).
+Errors name the experiment and say how to fix it (raised as ValueError; load.py adds the sweep
+file's name).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from vggbn.schema import TRIALS
-from vggbn.plan.optuna_space import finite, plain
-
-if TYPE_CHECKING:
-    from vggbn.spec.model import SweepSpec
+from vggbn.errors import ExperimentError
+from vggbn.plan.optuna_space import finite, plain, warm_trials
+from vggbn.schema import TRIAL_DIR, TRIALS
+from vggbn.spec.model import SweepSpec
+from vggbn.store.experiment import Experiment
+from vggbn.store.trial_config import stored
 
 
 def _experiment(uri: str, key: str):
     """The earlier Experiment and its stored spec; a ValueError saying what is wrong."""
-    from vggbn.store.experiment import Experiment, ExperimentError
-
     try:
         exp = Experiment(uri)
         return exp, exp.spec()
     except ExperimentError as e:
-        what = str(e).partition("\nFix: ")[0].rstrip(".")
+        what = e.what.rstrip(".")
         raise ValueError(f"{key}: {what} (an earlier sweep's directory or URI is needed: run that "
                          f"sweep first, or name where it is)") from None
 
 
 def trial_rows(uri: str, key: str) -> tuple[SweepSpec, list[dict[str, Any]]]:
     """(the stored spec, the exported trials as dicts) of an earlier experiment."""
-    from vggbn.store.experiment import ExperimentError
-
     exp, spec = _experiment(uri, key)
     try:
-        df = exp.read_parquet(TRIALS)
+        df, _ = exp.read_export(TRIALS)
     except ExperimentError as e:  # unreachable, damaged: its own words, under this spec's key
-        raise ValueError(f"{key}: {str(e).replace(chr(10) + 'Fix: ', '; ')}") from None
+        raise ValueError(f"{key}: {e.what}" + (f"; {e.fix}" if e.fix else "")) from None
     if df is None or df.empty:
         raise ValueError(f"{key}: {exp.uri} has no exported trials ({TRIALS}); run `vggbn export "
                          f"{exp.uri}` (or let its sweep finish)")
@@ -62,17 +59,29 @@ def _not_pbt(spec: SweepSpec, uri: str, key: str) -> None:
 
 
 # ---------------------------------------------------------------------- warm start
+# what a warm start took, by what it depends on: load_spec reads the export (a bad one fails
+# before anything starts), the dry run and the searcher take the same trials without reading again
+_WARM: dict[str, tuple[list, str]] = {}
+
+
+def _warm_key(spec: SweepSpec) -> str:
+    return spec.model_dump_json(include={"warm_start", "metric", "mode", "space"})
+
+
 def warm_start(spec: SweepSpec) -> tuple[list, str]:
-    """(Optuna trials for the study, a line saying what was taken) from spec.warm_start, read once
-    per loaded spec (load_spec checks it; the dry run and the searcher take the same trials)."""
-    if spec._warm is None:
-        spec._warm = _warm_start(spec)
-    return spec._warm
+    """(Optuna trials for the study, a line saying what was taken) from spec.warm_start: what
+    load_spec read for this spec, else read now."""
+    found = _WARM.get(_warm_key(spec))
+    return found if found is not None else read_warm_start(spec)
+
+
+def read_warm_start(spec: SweepSpec) -> tuple[list, str]:
+    """warm_start's trials read afresh from the earlier export (and kept for warm_start)."""
+    _WARM[_warm_key(spec)] = found = _warm_start(spec)
+    return found
 
 
 def _warm_start(spec: SweepSpec) -> tuple[list, str]:
-    from vggbn.plan.optuna_space import warm_trials
-
     old, rows = trial_rows(spec.warm_start, "warm_start")
     if [m for m, _ in old.objectives] != [m for m, _ in spec.objectives]:
         raise ValueError(f"warm_start: {spec.warm_start} optimised {old.metric}, this sweep "
@@ -127,17 +136,14 @@ def resolve_base_from(raw: dict) -> dict:
 
 
 # ---------------------------------------------------------------------- one trial again
-def trial_config(uri: str, trial_id: str) -> dict[str, Any]:
+def rerun_config(uri: str, trial_id: str) -> dict[str, Any]:
     """A trial's stored resolved config, as it ran: `cpu_threads: 0` (the CPUs Ray gives) becomes
     the spec's resources.cpu, so the re-run's float sums match. A ValueError naming the trials
     there if it has none; an ExperimentError (its own fix) if uri is not a sweep's directory."""
-    from vggbn.schema import TRIAL_DIR
-    from vggbn.store.experiment import Experiment
-
     exp = Experiment(uri)
     spec = exp.spec()
     _not_pbt(spec, exp.uri, "--from")
-    cfg = exp.trial_config(trial_id)
+    cfg = stored(exp, trial_id)
     if cfg is None:
         prefix = TRIAL_DIR.format(trial_id="")
         ids = sorted(n[len(prefix):] for n in exp.listdir() if n.startswith(prefix))

@@ -16,12 +16,10 @@ define-by-run space nor a list of objectives). No Ray import here: the dry run u
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from vggbn.spec.model import SweepSpec
 from vggbn.spec.space import Dim, When
-
-if TYPE_CHECKING:
-    from vggbn.spec.model import SweepSpec
 
 BRANCH = "|"  # a per-branch parameter name: "<key>|<parent>=<value>"
 

@@ -1,9 +1,10 @@
-"""SweepSpec (the YAML sweep file), load_spec, the stored spec, dry_run. No Ray import here.
+"""SweepSpec (the YAML sweep file's data model) and the stored spec. Pure: no I/O, no Ray.
 
 A sweep file is validated before anything starts: an unknown key, a bad value, a grid mixed with
 Optuna, a tuning metric on the test set, or two grid points that resolve to one trial config fail
-with the file, the key path and the fix. A spec stored in an experiment (`spec.yaml`) is read back
-as data: its structure is checked, today's trial-config rules are not applied to it.
+with the key path (plan/load.py reads the file, applies --set and base_from, and adds the file's
+name and the fix). A spec stored in an experiment (`spec.yaml`) is read back as data: its
+structure is checked, today's trial-config rules are not applied to it.
 """
 
 from __future__ import annotations
@@ -14,23 +15,36 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from vggbn.config import TrialConfig, suggest
 from vggbn.errors import ConfigError, SpecError
 from vggbn.schema import COSTS, METRICS, SCHEMA_VERSION
-from vggbn.plan.dry_run import dry_run  # noqa: F401  (this module's API)
-from vggbn.sweep.data_parallel import check_spec as check_workers
-from vggbn.spec.space import (BaseFrom, Budget, Cost, Dim, Resources, Scheduler, Seeds, SpaceEntry, When,  # noqa: F401  (points, Dim,
-                    check_seeds, check_space, points)  # When: this module's API)
+from vggbn.spec.resources import Budget, Cost, Resources
+from vggbn.spec.scheduler import Scheduler, check_scheduler
+from vggbn.spec.space import Seeds, SpaceEntry, When, check_seeds, check_space
 from vggbn.spec.tracking import Tracking
+from vggbn.spec.workers import check_spec as check_workers
+from vggbn.uri import join, problem
 
 MAX_TRIALS = 100_000  # a sweep larger than this is a typo (num_samples: 1e9), not a study
-STORAGE_SCHEMES = ("s3", "gs", "gcs", "file")  # experiment.normalize opens these
 
 
 SweepSpecError = SpecError  # the name the public API has always had
+
+
+class BaseFrom(BaseModel):
+    """`base_from: results/hpo`: the base comes from an HPO export's best trial on a validation
+    metric. Resolved when the sweep file is read (plan/earlier.py); the stored spec keeps the record."""
+
+    model_config = ConfigDict(extra="forbid")
+    experiment: str = Field(description="the earlier experiment directory or URI")
+    metric: str = Field("val_acc", description="chosen on this validation metric (never test_*)")
+    keys: list[str] | None = Field(None, description="the keys to take (default: the keys it "
+                                   "searched)")
+    trial_id: str | None = Field(None, description="the trial taken (default: the best)")
+    value: float | None = Field(None, description="its metric value (filled when resolved)")
+    taken: dict[str, Any] | None = Field(None, description="what went into base (filled when resolved)")
 
 
 # ---------------------------------------------------------------------- the spec
@@ -38,7 +52,6 @@ class SweepSpec(BaseModel):
     """One sweep file. `base` + `space` are TrialConfig keys, checked before anything starts."""
 
     model_config = ConfigDict(extra="forbid")
-    _warm: tuple | None = PrivateAttr(None)  # earlier.warm_start's result: its export read once
     schema_version: int = Field(SCHEMA_VERSION, ge=1, description="the spec format (set when stored)")
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=100,
                       description="experiment directory name: letters, digits, _ . - (not starting "
@@ -86,16 +99,6 @@ class SweepSpec(BaseModel):
                                  f"mode: max")
         return raw
 
-    @model_validator(mode="before")
-    @classmethod
-    def _base_from(cls, raw, info: ValidationInfo):
-        """A sweep file's base_from is resolved (the earlier export read) once; stored specs keep it."""
-        if isinstance(raw, dict) and raw.get("base_from") and not (info.context or {}).get("stored"):
-            from vggbn.plan.earlier import resolve_base_from
-
-            raw = resolve_base_from(raw)
-        return raw
-
     @field_validator("storage")
     @classmethod
     def _storage(cls, v: str) -> str:
@@ -120,10 +123,13 @@ class SweepSpec(BaseModel):
         if self.budget.gpu_hours is not None and self.resources.gpu == 0:
             raise ValueError("budget.gpu_hours: the trials use no GPU (resources.gpu is 0), so it "
                              "would never be reached; set budget.cpu_hours, or resources.gpu")
+        if self.base_from is not None and self.base_from.taken is None:
+            raise ValueError("base_from: not resolved (the earlier experiment was not read); load the "
+                             "sweep file with vggbn.load_spec, which reads it")
         try:
             base = TrialConfig.from_flat(self.base)
         except ConfigError as e:
-            raise ValueError(f"base{': ' if str(e).startswith('unknown') else '.'}{e}") from None
+            raise ValueError(f"base{': ' if e.unknown_key else '.'}{e}") from None
         for i, case in enumerate(self.cases):
             try:
                 TrialConfig.from_flat({**self.base, **case})
@@ -133,7 +139,7 @@ class SweepSpec(BaseModel):
             if both:
                 raise ValueError(f"cases[{i}].{both[0]}: also in space; set it in one place")
         check_space(self)
-        check_workers(self)  # what a data-parallel trial cannot run (distributed.py)
+        check_workers(self)  # what a data-parallel trial cannot run
         if self.seeds is not None:
             check_seeds(self)
         self._check_distinct_grid_points()
@@ -152,17 +158,7 @@ class SweepSpec(BaseModel):
                 raise ValueError(f"metric: {metric} would tune on the test set (scheduler "
                                  f"{self.scheduler.type}, search {self.search}); use val_acc with "
                                  f"base.val_fraction: 0.1 (model selection never looks at the test set)")
-        if self.scheduler.type in ("pbt", "pb2"):
-            from vggbn.sweep.schedulers.pbt import check
-            check(self)
-        if self.scheduler.type == "asha":
-            epochs = max(self.trial_epochs())
-            max_t = self.scheduler.max_t or epochs
-            if max_t > epochs:
-                raise ValueError(f"scheduler.max_t: {max_t} is beyond the trials' {epochs} epochs")
-            if self.scheduler.grace_period > max_t:
-                raise ValueError(f"scheduler.grace_period: {self.scheduler.grace_period} is "
-                                 f"beyond max_t {max_t}")
+        check_scheduler(self)
         return self
 
     @property
@@ -257,8 +253,6 @@ class SweepSpec(BaseModel):
         return self.storage if "://" in self.storage else str(Path(self.storage).absolute())
 
     def experiment_path(self) -> str:  # <storage>/<name>, a URI's query (?endpoint_override=) kept at the end
-        from vggbn.uri import join
-
         return join(self.storage_uri(), self.name)
 
     def param_space(self) -> dict[str, Any]:
@@ -276,8 +270,6 @@ OBJECTIVES = METRICS + COSTS
 
 def storage_problem(uri: str) -> str | None:
     """What is wrong with a storage location (a local path, file://, s3://, gs://), or None."""
-    from vggbn.uri import problem
-
     return problem(uri)
 
 
@@ -286,90 +278,33 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in config.items() if k != CASE_KEY}, **(config.get(CASE_KEY) or {})}
 
 
-def _set_path(d: dict, path: str, value: Any) -> None:
-    keys = path.split(".")
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
-        if not isinstance(d, dict):
-            raise SweepSpecError(f"--set {path}: {k} is not a section, so {path} cannot be set.\n"
-                                 f"Fix: --set {'.'.join(keys[:keys.index(k) + 1])}=VALUE, or a key of a "
-                                 f"section such as base.epochs=3, resources.gpu=0.5, space.seed.grid=[0,1]")
-    d[keys[-1]] = value
-
-
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
-    """Read and validate a sweep file; `overrides` are dotted paths (base.epochs=3)."""
-    path = Path(path)
-    if path.is_dir():
-        raise SweepSpecError(f"{path}: is a directory, not a sweep file.\nFix: give a YAML file, "
-                             f"e.g. sweeps/quick.yaml (to continue an experiment: vggbn resume DIR)")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise SweepSpecError(f"{path}: no such sweep file.\nFix: check the path (the shipped ones are in "
-                             f"sweeps/, e.g. sweeps/quick.yaml)") from None
-    except UnicodeDecodeError:
-        raise SweepSpecError(f"{path}: not a text file (not UTF-8).\nFix: give a YAML sweep file, "
-                             f"e.g. sweeps/quick.yaml") from None
-    except OSError as e:
-        raise SweepSpecError(f"{path}: cannot be read ({e.strerror or e}).\nFix: check the path and "
-                             f"its permissions") from None
-    raw = _parse_yaml(text, str(path), "Fix: give a sweep file (a YAML mapping: name:, base:, space: ...), "
-                                       "e.g. sweeps/quick.yaml")
-    for k, v in (overrides or {}).items():
-        _set_path(raw, k, v)
-    try:
-        spec = SweepSpec.model_validate(raw)
-        if spec.warm_start:  # its export is read here, so a bad one fails before anything starts
-            from vggbn.plan.earlier import warm_start
-
-            warm_start(spec)
-        return spec
-    except ValidationError as e:
-        msg = _spec_errors(e)
-        raise SweepSpecError(f"{path}: {msg}\nFix: {_where_to_fix(e, msg, path, overrides)}") from None
-    except ValueError as e:
-        raise SweepSpecError(f"{path}: {e}\nFix: give warm_start an earlier export of this metric, "
-                             f"or remove it") from None
-
-
-def _where_to_fix(e: ValidationError, msg: str, path: Path, overrides: dict[str, Any] | None) -> str:
-    """The --set that gave the bad value, else the keys in the file (the message says what to write)."""
-    locs = [".".join(str(p) for p in err["loc"]) for err in e.errors()]
-    sets = [k for k in overrides or {} if any(loc == k or loc.startswith(k + ".") for loc in locs)
-            or ("." in k and k in msg)]  # a section key named by a spec-wide check: base.dropout=3 ...
-    if sets:
-        return "change " + ", ".join(f"--set {k}" for k in sets) + " as said above"
-    keys = ", ".join(dict.fromkeys(loc for loc in locs if loc))
-    return f"edit {keys + ' in ' if keys else ''}{path} as said above"
-
-
-def _parse_yaml(text: str, where: str, fix: str) -> dict:
+def parse_yaml(text: str, where: str, fix: str) -> dict:
+    """A sweep file's text as its mapping; a SweepSpecError (`where`, what is wrong, `fix`)."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise SweepSpecError(f"{where}: not valid YAML: {' '.join(str(e).split())}\n{fix}") from None
+        raise SweepSpecError(f"{where}: not valid YAML: {' '.join(str(e).split())}", fix) from None
     if not isinstance(raw, dict):
         what = "empty" if raw is None else {"list": "a list", "str": "plain text"}.get(
             type(raw).__name__, f"a {type(raw).__name__}")
-        raise SweepSpecError(f"{where}: {what}, not a sweep spec (a YAML mapping: name:, base:, space: ...)."
-                             f"\n{fix}")
+        raise SweepSpecError(f"{where}: {what}, not a sweep spec (a YAML mapping: name:, base:, space: ...).",
+                             fix)
     return raw
 
 
 def stored_spec(text: str, where: str) -> SweepSpec:
     """An experiment's spec.yaml, read as data: its structure is checked, not today's trial-config
     rules (an old spec may hold a grid point that today's defaults would refuse)."""
-    raw = _parse_yaml(text, where, "Fix: restore the file from the run that wrote it (or a copy of that "
-                                   "sweep file)")
+    fix = "restore the file from the run that wrote it (or a copy of that sweep file)"
+    raw = parse_yaml(text, where, fix)
     try:
         return SweepSpec.model_validate(raw, context={"stored": True})
     except ValidationError as e:
-        raise SweepSpecError(f"{where}: not a spec vggbn can read ({_spec_errors(e)}).\nFix: restore "
-                             f"the file from the run that wrote it (or a copy of that sweep file)") from None
+        raise SweepSpecError(f"{where}: not a spec vggbn can read ({spec_errors(e)}).", fix) from None
 
 
-def _spec_errors(e: ValidationError) -> str:
+def spec_errors(e: ValidationError) -> str:
+    """A SweepSpec's ValidationError in one line: each problem with its key path."""
     out = []
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"] if p != "__root__")

@@ -1,17 +1,21 @@
-"""The parts of a sweep spec: one searched TrialConfig key (`Dim`, or `When` for a conditional
-one, checked by `check_space`), the scheduler and per-trial resources (`Scheduler`, `Resources`),
-adaptive seeds (`Seeds`), what a sweep may spend (`Budget`, `Cost`). No Ray import until a Dim
-becomes a Ray Tune domain. What a spec would run and cost is preview.py's."""
+"""What varies between a sweep's trials: one searched TrialConfig key (`Dim`, or `When` for a
+conditional one, checked by `check_space`) and adaptive seeds (`Seeds`, checked by `check_seeds`).
+No Ray import until a Dim becomes a Ray Tune domain. (Ray pickles Dim, When and Seeds in a
+searcher's state, so they keep this module path.)"""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from vggbn.config import TrialConfig, suggest
+from vggbn.errors import ConfigError
+
 if TYPE_CHECKING:
     from vggbn.spec.model import SweepSpec
+
 
 class Dim(BaseModel):
     """One searched TrialConfig key: exactly one of grid, choice, uniform, loguniform, randint."""
@@ -130,8 +134,6 @@ SpaceEntry = Annotated[Union[Annotated[Dim, Tag("dim")], Annotated[When, Tag("wh
 def check_space(spec: SweepSpec) -> None:
     """Each searched key: a TrialConfig key not also in base, every value it can take valid with
     base (a conditional's, with its parent's value), its kind allowed by the search."""
-    from vggbn.config import ConfigError, TrialConfig, suggest
-
     if spec.warm_start is not None and spec.search != "optuna":
         raise ValueError(f"warm_start: search {spec.search} does not learn from earlier trials; use "
                          f"search: optuna (or remove warm_start)")
@@ -167,8 +169,6 @@ def check_space(spec: SweepSpec) -> None:
 
 
 def _check_when(spec: SweepSpec, key: str, dim: When) -> None:
-    from vggbn.config import ConfigError, TrialConfig, suggest
-
     parent = spec.space.get(dim.when)
     if spec.search == "grid":
         raise ValueError(f"space.{key}: a conditional distribution (when: {dim.when}) needs search: "
@@ -193,103 +193,6 @@ def _check_when(spec: SweepSpec, key: str, dim: When) -> None:
                 TrialConfig.from_flat({**spec.base, dim.when: values[name], key: v})
             except ConfigError as e:
                 raise ValueError(f"space.{key}.{name}.{d.kind}[{i}]: {e}") from None
-
-
-class BaseFrom(BaseModel):
-    """`base_from: results/hpo`: the base comes from an HPO export's best trial on a validation
-    metric. Resolved when the sweep file is read (earlier.py); the stored spec keeps the record."""
-
-    model_config = ConfigDict(extra="forbid")
-    experiment: str = Field(description="the earlier experiment directory or URI")
-    metric: str = Field("val_acc", description="chosen on this validation metric (never test_*)")
-    keys: list[str] | None = Field(None, description="the keys to take (default: the keys it "
-                                   "searched)")
-    trial_id: str | None = Field(None, description="the trial taken (default: the best)")
-    value: float | None = Field(None, description="its metric value (filled when resolved)")
-    taken: dict[str, Any] | None = Field(None, description="what went into base (filled when resolved)")
-
-
-class Scheduler(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["fifo", "asha", "pbt", "pb2"] = "fifo"
-    grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
-    reduction_factor: float = Field(3.0, gt=1.0, description="ASHA keeps 1/reduction_factor per rung")
-    max_t: int | None = Field(None, ge=1, description="ASHA's last rung in epochs (default: epochs)")
-    # population based training (pbt; pb2 picks the new values with a GP bandit): see sweep/pbt.py
-    perturbation_interval: int = Field(2, ge=1, description="PBT: epochs between a trial's exploit/explore steps")
-    burn_in: int = Field(0, ge=0, description="PBT: epochs before a trial is first perturbed")
-    perturb: list[str] | None = Field(None, description="PBT: the space's keys to perturb (default: "
-                                      "those of lr, weight_decay, label_smoothing, momentum in space)")
-    quantile_fraction: float = Field(0.25, ge=0.0, le=0.5, description="PBT: the bottom fraction "
-                                     "clones the top fraction's weights and values")
-    resample_probability: float = Field(0.25, ge=0.0, le=1.0, description="PBT: chance a value is "
-                                        "drawn afresh from its space instead of perturbed")
-    perturbation_factors: list[float] = Field([1.2, 0.8], min_length=1, description="PBT: a "
-                                              "perturbed value is multiplied by one of these")
-    synch: bool = Field(False, description="PBT: perturb the whole population at once (waits for "
-                        "the slowest trial)")
-
-
-class Resources(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    cpu: float = Field(1.0, gt=0, description="CPUs per trial, per worker with workers > 1 (also "
-                       "its torch threads)")
-    gpu: float = Field(0.0, ge=0, description="GPUs per trial; a fraction packs trials on one GPU; "
-                       "a whole number above 1 trains data-parallel, one worker per GPU")
-    memory_gb: float = Field(0.0, ge=0, description="host RAM per trial (per worker) in GiB (0 = no "
-                             "reservation): Ray schedules by it and a CPU trial is capped to it, so a "
-                             "trial that outgrows it errors alone instead of the kernel's OOM killer "
-                             "taking the node's other trials")
-    workers: int = Field(1, ge=1, le=1024, description="data-parallel workers per trial (Ray Train's "
-                         "TorchTrainer); cpu, gpu and memory_gb are then per worker")
-
-    @model_validator(mode="after")
-    def _whole_gpus(self):
-        if self.gpu > 1 and self.gpu != int(self.gpu):
-            raise ValueError(f"gpu={self.gpu}: above 1, GPUs per trial must be a whole number")
-        from vggbn.sweep.data_parallel import check_resources  # the data-parallel rules live with its code
-        check_resources(self)
-        return self
-
-    @property
-    def n_workers(self) -> int:  # gpu: 2 means 2 workers x 1 GPU
-        return int(self.gpu) if self.gpu > 1 else self.workers
-
-    @property
-    def worker_gpu(self) -> float:
-        return 1.0 if self.gpu > 1 else self.gpu
-
-    @property
-    def trial_cpu(self) -> float:  # what a trial holds, all workers together (budget, estimate)
-        return self.cpu * self.n_workers
-
-    @property
-    def trial_gpu(self) -> float:
-        return self.worker_gpu * self.n_workers
-
-
-def resource_hours(trial_seconds: float, per_trial: float) -> float:
-    """Trial time x the resources each trial holds, in hours: what a budget counts (the scheduler,
-    with the sum of every trial's last `time_total_s`) and what `vggbn status` shows."""
-    return trial_seconds * per_trial / 3600
-
-
-class Budget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    gpu_hours: float | None = Field(None, gt=0, description="no new trial starts once the trials' "
-                                    "GPU-hours (trial time x GPUs per trial) reach this")
-    cpu_hours: float | None = Field(None, gt=0, description="no new trial starts once the trials' "
-                                    "CPU-hours (trial time x CPUs per trial) reach this")
-
-
-class Cost(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    epoch_seconds: float | None = Field(None, gt=0, description="stated time of one epoch of one "
-                                        "trial on its resources, for the dry run's estimate (a "
-                                        "run of this experiment, when there is one, is measured)")
-    usd_per_gpu_hour: float | None = Field(None, ge=0, description="price of a GPU-hour (default: "
-                                           "the on-demand price of cluster.yaml's GPU workers, "
-                                           "where vggbn knows the instance type)")
 
 
 class Seeds(BaseModel):

@@ -96,6 +96,11 @@ def list_checkpoints(fs, trial_dir: str, before: str | None = None) -> list[str]
                   reverse=True)
 
 
+def with_meta(fs, trial_dir: str) -> list[tuple[str, dict]]:
+    """(path, meta.json) of the trial's checkpoints with readable metadata, newest first."""
+    return [(p, meta) for p in list_checkpoints(fs, trial_dir) if (meta := read_meta(fs, p))]
+
+
 def newest_readable(fs, paths: list[str]) -> tuple[dict | None, str | None, list[str]]:
     """(state, path used, what was wrong with each newer one) over paths, newest first."""
     bad = []

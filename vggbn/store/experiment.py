@@ -2,7 +2,7 @@
 the stored spec and each trial's resolved config. No Ray import here.
 
 Storage is a local directory, `file://`, `s3://` or `gs://` (pyarrow's filesystems, which Ray uses
-too; vggbn/storage.py). An object-storage URI may carry pyarrow's options as a query
+too; vggbn/uri.py). An object-storage URI may carry pyarrow's options as a query
 (`s3://b/p?endpoint_override=HOST:PORT&scheme=http`): the experiment is `<storage>/<name>` with the
 query kept at the end, and Ray gets the filesystem built from it plus the plain path. Every file
 vggbn writes appears whole or not at all: locally a temporary file renamed into place; on object
@@ -28,8 +28,10 @@ from vggbn import uri as storage
 from vggbn.config import TrialConfig
 from vggbn.errors import ExperimentError
 from vggbn.files import write_atomic
-from vggbn.schema import CLAIM_FILE, SCHEMA_VERSION, SPEC_FILE, TRIAL_CONFIG_FILE, TRIAL_DIR, TRIAL_ERROR_FILE
+from vggbn.schema import (CLAIM_FILE, SCHEMA_VERSION, SPEC_FILE, TRIAL_CONFIG_FILE, TRIAL_DIR, TRIAL_ERROR_FILE,
+                          TRIALS)
 from vggbn.spec.model import SweepSpec, stored_spec
+from vggbn.store import exports
 
 
 def normalize(path: str) -> str:
@@ -37,7 +39,7 @@ def normalize(path: str) -> str:
     try:
         return storage.normalize(path)
     except storage.StorageError as e:
-        raise ExperimentError(str(e)) from None
+        raise ExperimentError(e.what, e.fix) from None
 
 
 class Experiment:
@@ -47,7 +49,7 @@ class Experiment:
         try:
             self.fs, self.root = storage.filesystem(self.uri)
         except storage.StorageError as e:
-            raise ExperimentError(str(e)) from None
+            raise ExperimentError(e.what, e.fix) from None
         self.storage, self.name = storage.parent_and_name(self.uri)
 
     def __repr__(self) -> str:
@@ -68,7 +70,7 @@ class Experiment:
 
     def error(self, e: BaseException, doing: str = "cannot be read") -> ExperimentError:
         """An OSError from the store (unreachable, no bucket, denied) as a message for people."""
-        return ExperimentError(storage.explain(self.uri, e, doing))
+        return ExperimentError(storage.explain(self.uri, e, doing))  # "what\nFix: fix", split by VggbnError
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -112,30 +114,16 @@ class Experiment:
         pq.write_table(table, buf)
         self.write_bytes(name, buf.getvalue())
 
-    def read_parquet(self, name: str):
-        """An exported parquet file as a DataFrame; None when absent. ExperimentError (with the fix)
-        when the store cannot be read or the file is damaged or not vggbn's."""
-        import pandas as pd
-
-        from vggbn.schema import SURFACES, TRIALS
-
-        try:
-            raw = self.read_bytes(name)
-        except OSError as e:  # unreachable, denied
-            raise self.error(e) from None
-        if raw is None:
-            return None
-        fix = (f"Fix: `vggbn export {self.uri}` rewrites the export"
+    def read_export(self, name: str):
+        """(DataFrame, vggbn's metadata) of an export file (store/exports.py: schema_version and the
+        required columns checked); (None, {}) when absent. ExperimentError (with the fix) when the
+        store cannot be read or the file is damaged, not vggbn's or from a newer vggbn."""
+        fix = (f"`vggbn export {self.uri}` rewrites the export"
                + ("" if name == TRIALS else f"; for {name}, delete it and run this again"))
         try:
-            df = pd.read_parquet(io.BytesIO(raw))
-        except Exception as e:  # noqa: BLE001  (pyarrow raises several kinds for a damaged file)
-            raise ExperimentError(f"{self.join(name)}: not a readable parquet file ({type(e).__name__}).\n"
-                                  f"{fix}") from None
-        missing = [c for c in ("trial_id", "kind" if name == SURFACES else "status") if c not in df.columns]
-        if missing:
-            raise ExperimentError(f"{self.join(name)}: not a vggbn export (no column {', '.join(missing)}).\n{fix}")
-        return df
+            return exports.read_export(self.fs, self.path(name), name, self.join(name), fix, ExperimentError)
+        except OSError as e:  # unreachable, denied
+            raise self.error(e) from None
 
     def remove(self, name: str) -> bool:
         try:
@@ -204,9 +192,8 @@ class Experiment:
                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c.get('time', 0)))})")
         except (OSError, ValueError, TypeError):
             pass
-        return ExperimentError(f"{self.uri} already holds a sweep named {self.name}{who}.\n"
-                               f"Fix: `vggbn resume {self.uri}` to continue it, or --set name=OTHER "
-                               f"for a new one.")
+        return ExperimentError(f"{self.uri} already holds a sweep named {self.name}{who}.",
+                               f"`vggbn resume {self.uri}` to continue it, or --set name=OTHER for a new one.")
 
     def release_claim(self) -> None:
         """Undo a start that failed before any trial ran, so a retry is not blocked."""
@@ -237,15 +224,15 @@ class Experiment:
                 what = ("a file, not a directory" if kind == pafs.FileType.File else "no such directory"
                         if kind == pafs.FileType.NotFound else
                         f"no {SPEC_FILE} here, so it is not a vggbn sweep directory")
-            raise ExperimentError(f"{self.uri}: {what}.\nFix: " + (fix or (
+            raise ExperimentError(f"{self.uri}: {what}.", fix or (
                 "give a sweep's directory, <storage>/<name>/ as `vggbn sweep` writes it (e.g. results/quick"
-                + ("" if self.local else ", s3://BUCKET/PREFIX/NAME") + ")")))
+                + ("" if self.local else ", s3://BUCKET/PREFIX/NAME") + ")"))
         where = self.join(SPEC_FILE)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise ExperimentError(f"{where}: not a text file.\nFix: restore it from the sweep file "
-                                  f"that started this experiment") from None
+            raise ExperimentError(f"{where}: not a text file.", "restore it from the sweep file that "
+                                  "started this experiment") from None
         spec = stored_spec(text, where)
         return spec.model_copy(update={"storage": self.storage, "name": self.name})
 
@@ -253,8 +240,9 @@ class Experiment:
         self.write_bytes(f"{TRIAL_DIR.format(trial_id=trial_id)}/{TRIAL_CONFIG_FILE}", json.dumps(
             {"schema_version": SCHEMA_VERSION, "config": cfg.to_flat()}, indent=1).encode())
 
-    def trial_config(self, trial_id: str) -> dict[str, Any] | None:
-        """The trial's resolved config as written when it started, or None."""
+    def read_trial_config(self, trial_id: str) -> dict[str, Any] | None:
+        """The trial's resolved config as written when it started (vggbn-config.json), or None;
+        store/trial_config.py is what reads a trial's config for its users."""
         try:
             raw = self.read_bytes(f"{TRIAL_DIR.format(trial_id=trial_id)}/{TRIAL_CONFIG_FILE}")
             doc = json.loads(raw) if raw is not None else None

@@ -16,25 +16,13 @@ import time
 import warnings
 
 from vggbn import progress
-from vggbn.config import ConfigError, TrialConfig
-from vggbn.schema import (BUDGET_FILE, EPOCH_EXTRA, EPOCH_METRICS, EPOCHS, PARQUET_META_KEY, PROBES, SCHEMA_VERSION,
-                          STEPS, TRIAL_DIR, TRIALS)
-from vggbn.store import checkpoint, pbt_record
+from vggbn.provenance import provenance
+from vggbn.schema import (BUDGET_FILE, EPOCH_EXTRA, EPOCH_METRICS, EPOCHS, PROBES, SCHEMA_VERSION, STEPS, TRIAL_DIR,
+                          TRIALS)
+from vggbn.store import checkpoint, pbt_record, trial_config
 from vggbn.store.experiment import Experiment, ExperimentError
-from vggbn.sweep.schedulers.pbt import TYPES as PBT_TYPES
-from vggbn.spec.model import flat_config
-
-FINISHED = ("completed", "early_stopped", "diverged")
-
-
-def _status(ray_status: str, last: dict, epochs: int, error: str | None) -> str:
-    if ray_status == "ERROR" or error:
-        return "errored"
-    if last.get("diverged"):
-        return "diverged"
-    if ray_status == "TERMINATED":
-        return "completed" if last.get("epoch", 0) >= epochs else "early_stopped"
-    return "incomplete"
+from vggbn.store.exports import FINISHED, trial_status, write_export
+from vggbn.spec.pbt import TYPES as PBT_TYPES
 
 
 def _analysis(exp: Experiment):
@@ -56,37 +44,9 @@ def _analysis(exp: Experiment):
         quiet.setLevel(level)
 
 
-def checkpoints(exp: Experiment, trial_id: str) -> list[tuple[str, dict]]:
-    """(path, meta.json) of the trial's checkpoints with readable metadata, newest first."""
-    paths = checkpoint.list_checkpoints(exp.fs, exp.trial_dir(trial_id))
-    return [(p, meta) for p in paths if (meta := checkpoint.read_meta(exp.fs, p))]
-
-
-def trial_config(exp: Experiment, trial_id: str, raw: dict,
-                 ckpts: list[tuple[str, dict]]) -> tuple[dict, str | None]:
-    """(the trial's resolved config, a note when it could not be known), stored config first."""
-    stored = exp.trial_config(trial_id)
-    if stored is None:
-        stored = next((m["config"] for _, m in ckpts if isinstance(m.get("config"), dict)), None)
-    if stored is None and ckpts:  # written before configs were stored: the state holds it
-        state, _, _ = checkpoint.newest_readable(exp.fs, [p for p, _ in ckpts])
-        if state is not None and isinstance(state.get("config"), dict):
-            stored = state["config"]
-    try:
-        if stored is not None:
-            return TrialConfig.from_stored(stored).to_flat(), None
-        # never started: what it will train when resumed
-        return TrialConfig.from_flat(flat_config(raw)).to_flat(), None
-    except ConfigError as e:
-        return {k: v for k, v in flat_config(raw).items() if k in TrialConfig.model_fields}, str(e)
-
-
 def export(path: str, wall_time_s: float | None = None) -> dict:
     """Write the parquet files next to the Ray experiment. Returns a summary."""
     import pandas as pd
-    import pyarrow as pa
-
-    from vggbn.provenance import provenance
 
     exp = Experiment(path)
     spec = exp.spec()
@@ -101,8 +61,8 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
     for trial in ea.trials:
         tid = trial.trial_id
         tdir = exp.trial_dir(tid)
-        ckpts = checkpoints(exp, tid)
-        cfg, config_error = trial_config(exp, tid, trial.config, ckpts)
+        ckpts = checkpoint.with_meta(exp.fs, tdir)
+        cfg, config_error = trial_config.as_row(exp, tid, trial.config, ckpts)
         meta = ckpts[0][1] if ckpts else {}
         saved = checkpoint.read_history(exp.fs, ckpts[0][0]) if ckpts else {"history": [], "steps": [], "probes": []}
         df = ea.trial_dataframes.get(tid)
@@ -124,7 +84,7 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
         last = df.iloc[-1].to_dict() if len(df) else {}
         deterministic = exp.trial_error(tid)  # out of memory or invalid config: run once
         error = deterministic or config_error
-        status = _status(trial.status, last, cfg.get("epochs", 0) if not config_error else 0, error)
+        status = trial_status(trial.status, last, cfg.get("epochs", 0) if not config_error else 0, error)
         if tid in not_started and not len(df):  # ended by the budget before it started
             status = "incomplete"
         if status == "errored" and not error:
@@ -157,22 +117,16 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
         read.add()
 
     trials = pd.DataFrame(rows)
-    file_meta = json.dumps({"schema_version": SCHEMA_VERSION, "spec": spec.model_dump(mode="json"),
-                            "driver": driver, "budget": budget}).encode()
-
-    def write(df: pd.DataFrame, name: str) -> None:
-        table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
-        exp.write_parquet(name, table.replace_schema_metadata(
-            {**(table.schema.metadata or {}), PARQUET_META_KEY: file_meta}))
-
-    write(trials, TRIALS)
+    file_meta = {"schema_version": SCHEMA_VERSION, "spec": spec.model_dump(mode="json"), "driver": driver,
+                 "budget": budget}
+    write_export(exp, TRIALS, trials, file_meta)
     epochs_df = (pd.concat(epoch_frames, ignore_index=True) if epoch_frames
                  else pd.DataFrame(columns=["trial_id", *EPOCH_METRICS]))
     cols = ["trial_id"] + [c for c in epochs_df.columns if c != "trial_id"]
-    write(epochs_df[cols], EPOCHS)
+    write_export(exp, EPOCHS, epochs_df[cols], file_meta)
     for name, found in ((STEPS, step_rows), (PROBES, probe_rows)):
         if found:
-            write(pd.DataFrame(found), name)
+            write_export(exp, name, pd.DataFrame(found), file_meta)
         else:
             exp.remove(name)  # an earlier export's file would describe other trials
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}

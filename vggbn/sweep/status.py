@@ -4,11 +4,13 @@ Read only: it starts no Ray, writes nothing and unpickles nothing (so it is safe
 only read). Through the experiment's pyarrow filesystem it reads:
 - Ray's newest `experiment_state-*.json`, the snapshot `Tuner.restore` reads too: per trial a JSON
   document with `trial_id`, `status`, `config`, and one with `last_result`, `num_failures` (Ray
-  2.60's format; anything else is an ExperimentError naming the file). Ray's driver rewrites it every
-  TUNE_GLOBAL_CHECKPOINT_S (5 s under vggbn) while it runs, so its age says how fresh "running" is;
+  2.60's format, read by ray_compat.experiment_state; anything else is an ExperimentError naming the
+  file). Ray's driver rewrites it every TUNE_GLOBAL_CHECKPOINT_S (5 s under vggbn) while it runs,
+  so its age says how fresh "running" is;
 - spec.yaml (the plan: how many trials, the metric, the resources), each finished trial's
   vggbn-config.json and vggbn-error.json, and vggbn-budget.json.
-A finished trial's status is the export's (export._status), so status and trials.parquet agree.
+A finished trial's status is the export's (store.exports.trial_status), so status and trials.parquet
+agree. No Ray import: `vggbn status` answers without loading Ray.
 """
 
 from __future__ import annotations
@@ -21,22 +23,23 @@ from concurrent.futures import ThreadPoolExecutor
 
 from vggbn import progress
 from vggbn.schema import BUDGET_FILE, TRIALS
-from vggbn.store.experiment import Experiment, ExperimentError
-from vggbn.sweep.export import FINISHED, _status, trial_config
-from vggbn.spec.space import resource_hours
 from vggbn.spec.model import CASE_KEY
-
-STATE_GLOB = "experiment_state-*.json"
+from vggbn.spec.resources import resource_hours
+from vggbn.store import trial_config
+from vggbn.store.experiment import Experiment, ExperimentError
+from vggbn.store.exports import FINISHED, trial_status
+from vggbn.sweep.ray_compat import EXPERIMENT_STATE_GLOB as STATE_GLOB
+from vggbn.sweep.ray_compat import experiment_state
 STALE_S = 120.0  # no snapshot for this long (and 20 of Ray's periods) while work is left: no driver
 
 
-def _read_state(exp: Experiment, name: str) -> tuple[dict, list[tuple[dict, dict]]]:
-    """The snapshot and its trials as (trial, run) documents; re-read if caught mid-write."""
+def _read_state(exp: Experiment, name: str) -> tuple[dict, list[tuple[dict, dict]], float | None]:
+    """The snapshot, its trials as (trial, run) documents and Ray's snapshot period (None: "auto");
+    re-read if caught mid-write."""
     err: Exception | None = None
     for attempt in range(3):
         try:
-            doc = json.loads(exp.read_bytes(name) or b"")
-            return doc, [(json.loads(a), json.loads(b)) for a, b in doc["trial_data"]]
+            return experiment_state(exp.read_bytes(name) or b"")
         except OSError as e:
             raise exp.error(e) from None
         except (ValueError, KeyError, TypeError) as e:  # a copy in progress, or not Ray's format
@@ -44,14 +47,14 @@ def _read_state(exp: Experiment, name: str) -> tuple[dict, list[tuple[dict, dict
             if attempt < 2:
                 time.sleep(0.2 * (attempt + 1))
     raise ExperimentError(f"{exp.join(name)}: not a Ray experiment state vggbn can read ({type(err).__name__}: "
-                          f"{str(err)[:200]}).\nFix: restore the file as Ray wrote it, or read the export "
+                          f"{str(err)[:200]}).", f"restore the file as Ray wrote it, or read the export "
                           f"with `vggbn report {exp.uri}`")
 
 
 def _finished_trial(exp: Experiment, tid: str, raw: dict) -> tuple[dict, str | None]:
     """(the trial's resolved config, its error or None), as the export reads them (no checkpoint
     is opened: a trial that ran has its stored config)."""
-    cfg, note = trial_config(exp, tid, raw, [])
+    cfg, note = trial_config.as_row(exp, tid, raw)
     return cfg, exp.trial_error(tid) or note
 
 
@@ -72,14 +75,12 @@ def status(path: str, now: float | None = None) -> dict:
     names = sorted(fnmatch.filter(infos, STATE_GLOB))
     if not names and TRIALS in infos:  # an export copied without Ray's files
         raise ExperimentError(f"{exp.uri}: an export without Ray's experiment state (no {STATE_GLOB}), so "
-                              f"where the sweep stood is not here.\nFix: `vggbn report {exp.uri}` reads the "
+                              f"where the sweep stood is not here.", f"`vggbn report {exp.uri}` reads the "
                               f"export; status reads the experiment directory as the sweep writes it")
-    doc, trials = _read_state(exp, names[-1]) if names else ({}, [])
+    _, trials, period_s = _read_state(exp, names[-1]) if names else ({}, [], None)
     snap = None
     if names:
         mtime = exp.fs.get_file_info(exp.path(names[-1])).mtime_ns / 1e9  # after the read: its time
-        period = str((doc.get("runner_data") or {}).get("_checkpoint_period", "auto"))
-        period_s = float(period) if period.replace(".", "", 1).isdigit() else None
         snap = {"file": names[-1], "time_utc": _utc(mtime), "age_s": round(max(0.0, now - mtime), 1),
                 "period_s": period_s, "stale": now - mtime > max(STALE_S, 20 * (period_s or 10))}
 
@@ -100,7 +101,7 @@ def status(path: str, now: float | None = None) -> dict:
         elif ray_status in ("PENDING", "PAUSED"):
             kind = "pending"
         else:
-            kind = _status(ray_status, last, cfg.get("epochs", 0), error)
+            kind = trial_status(ray_status, last, cfg.get("epochs", 0), error)
         rows.append({"trial_id": tid, "kind": kind, "last": last, "config": cfg or t.get("config") or {},
                      "error": error})
 

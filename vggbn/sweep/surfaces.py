@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 
-from vggbn.schema import SURFACES, TRIALS
-from vggbn.store import checkpoint
+from vggbn import progress
+from vggbn.config import ConfigError, TrialConfig
+from vggbn.landscape import grid_points, surfaces
+from vggbn.schema import SCHEMA_VERSION, SURFACES, TRIALS
+from vggbn.store import checkpoint, trial_config
 from vggbn.store.experiment import Experiment, ExperimentError
-from vggbn.sweep.export import checkpoints, trial_config
+from vggbn.store.exports import write_export
+from vggbn.sweep.runner import init_ray
 
 
 def ray_map(fn, args: tuple, parts: list, on_done=None) -> list:
@@ -44,20 +48,28 @@ def _counting(map_chunks, points):
     return run
 
 
+def _config(exp: Experiment, trial_id: str, ckpts: list[tuple[str, dict]], state: dict | None) -> dict | None:
+    """The config the checkpoint's weights were trained with (the trial's stored one), or None when
+    there is no checkpoint or no config that resolves: the trial is skipped."""
+    if state is None:
+        return None
+    found = trial_config.stored(exp, trial_id, ckpts, state)
+    try:
+        return TrialConfig.from_stored(found).to_flat() if found is not None else None
+    except ConfigError:
+        return None
+
+
 def landscape(path: str, *, trial_ids: list[str] | None = None, resolution: int = 21,
               samples: int = 2048, seed: int = 0, address: str | None = None) -> dict:
     """Li et al. surfaces around the final checkpoint of each (chosen) trial."""
     import pandas as pd
 
-    from vggbn import progress
-    from vggbn.landscape import grid_points, surfaces
-    from vggbn.sweep.runner import _init_ray
-
     exp = Experiment(path)
     exp.spec()  # a clear error when this is not a sweep directory
-    trials = exp.read_parquet(TRIALS)
+    trials, _ = exp.read_export(TRIALS)
     if trials is None:
-        raise ExperimentError(f"{exp.uri}: no {TRIALS} here.\nFix: run the sweep to its end "
+        raise ExperimentError(f"{exp.uri}: no {TRIALS} here.", f"run the sweep to its end "
                               f"(`vggbn resume {exp.uri}`) or `vggbn export {exp.uri}` first.")
     known = [str(t) for t in trials["trial_id"]]
     unknown = sorted(set(trial_ids or []) - set(known))
@@ -65,18 +77,18 @@ def landscape(path: str, *, trial_ids: list[str] | None = None, resolution: int 
         raise ExperimentError(f"{exp.uri}: no trial {', '.join(unknown)} (trials: {', '.join(sorted(known))})")
     map_chunks = None
     if address or os.environ.get("RAY_ADDRESS"):
-        _init_ray(address)
+        init_ray(address)
         map_chunks = ray_map
     frames, skipped = [], []
     chosen = [t for t in known if not trial_ids or t in trial_ids]
     per_trial = len(grid_points(resolution))  # surfaces()' own points: 1D axis + 2D grid
     points = progress.Counter("landscape", per_trial * len(chosen), "points", every_s=10.0, last_line=False)
     for i, tid in enumerate(chosen):
-        ckpts = checkpoints(exp, tid)
+        ckpts = checkpoint.with_meta(exp.fs, exp.trial_dir(tid))
         state, _, _ = checkpoint.newest_readable(exp.fs, [p for p, _ in ckpts])
         history = (state or {}).get("history") or []
-        cfg, error = trial_config(exp, tid, {}, ckpts) if state is not None else ({}, "no checkpoint")
-        if state is None or (history and history[-1].get("diverged")) or error:
+        cfg = _config(exp, tid, ckpts, state)
+        if state is None or (history and history[-1].get("diverged")) or cfg is None:
             skipped.append(tid)
             points.total -= per_trial
             continue
@@ -87,10 +99,8 @@ def landscape(path: str, *, trial_ids: list[str] | None = None, resolution: int 
     if not frames:
         raise ExperimentError(f"{exp.uri}: no trial with a usable checkpoint (skipped: {', '.join(skipped)})")
     new = pd.concat(frames, ignore_index=True)
-    old = exp.read_parquet(SURFACES)
+    old, _ = exp.read_export(SURFACES)
     if old is not None:  # keep the surfaces of trials not recomputed now
         new = pd.concat([old[~old["trial_id"].isin(new["trial_id"])], new], ignore_index=True)
-    import pyarrow as pa
-
-    exp.write_parquet(SURFACES, pa.Table.from_pandas(new, preserve_index=False))
+    write_export(exp, SURFACES, new, {"schema_version": SCHEMA_VERSION})
     return {"path": exp.uri, "trials": len(frames), "skipped": skipped, "points": len(new)}

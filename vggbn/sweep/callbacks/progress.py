@@ -9,11 +9,10 @@ left: the median finished trial's time x the trials left / the most trials seen 
 
 from __future__ import annotations
 
-import os
-
 from ray.tune import Callback
 
 from vggbn import progress
+from vggbn.store.experiment import Experiment
 
 
 class SweepProgress(Callback):
@@ -21,12 +20,14 @@ class SweepProgress(Callback):
         self.experiment, self.total, self.up_to = experiment, total, up_to
         self.peak = 0  # the most trials seen running at once: the concurrency the sweep gets
 
-    def setup(self, **info) -> None:
-        from vggbn.store.experiment import Experiment
-        from vggbn.sweep.search import PLAN_SPEC_ENV
+    def relocate(self, experiment: str) -> None:
+        """Where the experiment is now (runner.resume_sweep, after Tuner.restore): its spec.yaml is
+        read from there, not from where the experiment was when it started."""
+        self.experiment = experiment
 
-        try:  # resume: where the experiment is now (search.PlanSearch reads it the same way)
-            spec = Experiment(os.environ.get(PLAN_SPEC_ENV) or self.experiment).spec()
+    def setup(self, **info) -> None:
+        try:  # the spec as it is now (`vggbn extend` may have added trials)
+            spec = Experiment(self.experiment).spec()
             self.total, self.up_to = spec.trial_count(), spec.seeds is not None
         except Exception:  # noqa: BLE001  (the line keeps the total it was started with)
             pass
