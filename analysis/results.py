@@ -221,20 +221,10 @@ def load(*paths: str | Path) -> Results:
 
 def _load_one(d: ExportDir, multi: bool, taken: set[str]) -> tuple[dict[str, pd.DataFrame], dict, dict]:
     """One sweep's frames (trial ids prefixed when several sweeps load), its metadata, its source."""
-    import pyarrow.fs as pafs
     import yaml
 
     fix = f"`vggbn export {d}` rewrites the export from Ray's files"
-    example = "e.g. results/quick" + (", s3://BUCKET/PREFIX/NAME" if d.remote else "")
-    kind = d.kind()
-    if kind != pafs.FileType.Directory:  # on object storage: no object under that prefix
-        what, fix_where = ((storage.missing(d.fs, d.uri, d.root) if d.remote and kind == pafs.FileType.NotFound
-                           else ("no such directory", None)))
-        raise ResultsError(f"{d}: {what}.", fix_where or f"give the directory of a finished or interrupted "
-                                                        f"sweep, {example}")
-    if not d.is_file(TRIALS):
-        raise ResultsError(f"{d}: no {TRIALS} here.", f"give the directory of a finished or interrupted "
-                           f"sweep, {example}, or run `vggbn export {d}` first")
+    d.check()  # a directory with a trials.parquet (vggbn.store.exports words what is not)
     t, meta = _read(d, TRIALS, fix)
     found = {"trials": t, "epochs": _read(d, EPOCHS, fix)[0] if d.is_file(EPOCHS)
              else columns.typed(pd.DataFrame(columns=["trial_id", "epoch"]), EPOCHS)}

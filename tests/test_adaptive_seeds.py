@@ -10,7 +10,7 @@ import pytest
 import yaml
 from scipy import stats as sps
 
-from conftest import SWEEPS, vggbn
+from conftest import SWEEPS, vggbn, vggbn_main
 from vggbn.store.experiment import Experiment
 from vggbn.sweep.search import FAILED, PlanSearch
 from vggbn.spec.model import SweepSpec
@@ -113,14 +113,14 @@ def test_state_survives_a_restore_and_extends_with_the_stored_spec(tmp_path):
     assert not again.is_done()
 
 
-def test_adaptive_sweep_on_synthetic_data_then_extend(tmp_path):
+def test_adaptive_sweep_on_synthetic_data_then_extend(tmp_path, ray_address):
     """The real entry points: an adaptive sweep adds seeds only where the target is missed; the
     report lists seeds per variant; `vggbn extend` raises max and the finished trials stay."""
     raw = yaml.safe_load((SWEEPS / "smoke.yaml").read_text())
     del raw["space"]["seed"]
     raw.update(seeds={"min": 2, "max": 4, "ci_halfwidth": 0.5}, storage=str(tmp_path))
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(raw))
-    r = vggbn("sweep", tmp_path / "a.yaml")
+    r = vggbn("sweep", tmp_path / "a.yaml", "--address", ray_address)
     assert r.returncode == 0, r.stderr[-3000:]
     t = pd.read_parquet(tmp_path / "smoke" / "trials.parquet")
     rule = SweepSpec.model_validate(raw).seeds
@@ -134,7 +134,7 @@ def test_adaptive_sweep_on_synthetic_data_then_extend(tmp_path):
             assert rule.halfwidth(vals) * 100 <= rule.ci_halfwidth
     assert t.groupby("bn").size().nunique() == 2, "this setup should give the variants different counts"
 
-    rep = vggbn("report", tmp_path / "smoke", "--out", tmp_path / "rep")
+    rep = vggbn_main("report", tmp_path / "smoke", "--out", tmp_path / "rep")
     assert rep.returncode == 0, rep.stderr[-2000:]
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Seeds: smoke (adaptive)" in md and "Trial-epochs spent" in md
@@ -145,7 +145,7 @@ def test_adaptive_sweep_on_synthetic_data_then_extend(tmp_path):
         assert row["ci_low"] == pytest.approx(vals.mean() - hw) and row["ci_high"] == pytest.approx(vals.mean() + hw)
 
     before = t.set_index("trial_id")["test_acc"]
-    r = vggbn("extend", tmp_path / "smoke", "--set", "seeds.max=5")
+    r = vggbn("extend", tmp_path / "smoke", "--set", "seeds.max=5", "--address", ray_address)
     assert r.returncode == 0, r.stderr[-3000:]
     t2 = pd.read_parquet(tmp_path / "smoke" / "trials.parquet").set_index("trial_id")
     assert t2.loc[before.index, "test_acc"].equals(before)  # the finished trials stay as they were
@@ -154,14 +154,14 @@ def test_adaptive_sweep_on_synthetic_data_then_extend(tmp_path):
         missed = len(g) == rule.max and rule.halfwidth(g["test_acc"]) * 100 > rule.ci_halfwidth
         assert grew[bn] == (1 if missed else 0)
 
-    bad = vggbn("extend", tmp_path / "smoke", "--set", "base.epochs=5")
+    bad = vggbn_main("extend", tmp_path / "smoke", "--set", "base.epochs=5")
     assert bad.returncode == 2 and "base" in bad.stderr and "Traceback" not in bad.stderr
     # a sweep that ran on Ray's own grid (vggbn before 2026-11-28) has no plan state to extend
     old = tmp_path / "old"
     shutil.copytree(tmp_path / "smoke", old)
     for f in old.glob("searcher-state-*"):
         f.unlink()
-    bad = vggbn("extend", old, "--set", "seeds.max=6")
+    bad = vggbn_main("extend", old, "--set", "seeds.max=6")
     assert bad.returncode == 2 and "no vggbn plan state" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -4,14 +4,14 @@ import json
 
 import pandas as pd
 
-from conftest import SWEEPS, vggbn
+from conftest import SWEEPS, vggbn, vggbn_main
 
 
 def dry(*sets, cwd=None):
     args = ["sweep", str(SWEEPS / "smoke.yaml"), "--dry-run"]
     for s in sets:
         args += ["--set", s]
-    return vggbn(*args, cwd=cwd)
+    return vggbn_main(*args, cwd=cwd)
 
 
 def test_dry_run_estimates_hours_and_dollars(tmp_path):
@@ -45,10 +45,11 @@ def test_a_budget_that_cannot_be_reached_is_refused():
     assert r.returncode == 2 and "not both" in r.stderr
 
 
-def test_no_new_trial_starts_past_the_budget(tmp_path):
+def test_no_new_trial_starts_past_the_budget(tmp_path, ray_address):
     """One trial at a time; a budget of 0.0036 CPU-seconds is spent by the first trial's first epoch."""
     r = vggbn("sweep", str(SWEEPS / "smoke.yaml"), "--set", f"storage={tmp_path}",
-              "--set", "max_concurrent=1", "--set", "budget.cpu_hours=1e-6", "--report", timeout=600)
+              "--set", "max_concurrent=1", "--set", "budget.cpu_hours=1e-6", "--report", "--address", ray_address,
+              timeout=600)
     assert r.returncode == 0, r.stderr
     exp = tmp_path / "smoke"
     note = json.loads((exp / "vggbn-budget.json").read_text())
@@ -61,6 +62,6 @@ def test_no_new_trial_starts_past_the_budget(tmp_path):
     md = (exp / "report" / "report.md").read_text()
     assert "Budget reached" in md and "3 trials not started" in md
     # resuming does not start them: the budget is spent
-    r = vggbn("resume", str(exp), timeout=600)
+    r = vggbn("resume", str(exp), "--address", ray_address, timeout=600)
     assert r.returncode == 0, r.stderr
     assert (pd.read_parquet(exp / "trials.parquet")["status"] == "completed").sum() == 1

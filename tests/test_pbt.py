@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import SWEEPS, tiny, vggbn
+from conftest import SWEEPS, ray_worker, tiny, vggbn, vggbn_main
 from vggbn.config import TrialConfig
 from vggbn.plan.load import load_spec
 from vggbn.spec.model import SweepSpecError
@@ -32,11 +32,12 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def pbt_run(tmp_path_factory):
+def pbt_run(tmp_path_factory, ray_cluster):
     root = tmp_path_factory.mktemp("pbt")
     (root / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     env = {"VGGBN_CACHE_DIR": str(root / "cache"), "VGGBN_DATA_DIR": str(root / "datasets")}
-    r = vggbn("sweep", root / "tiny.yaml", "--set", f"storage={root}", env=env)
+    with ray_worker(ray_cluster, env) as address:
+        r = vggbn("sweep", root / "tiny.yaml", "--set", f"storage={root}", "--address", address, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     exp = root / "pbt_tiny"
     return exp, pd.read_parquet(exp / "epochs.parquet"), pd.read_parquet(exp / "trials.parquet")
@@ -148,12 +149,12 @@ def test_spec_refuses(tmp_path, changes, says):
 
 
 def test_cli_dry_run_explains_and_refuses(tmp_path):
-    r = vggbn("sweep", SWEEPS / "pbt.yaml", "--dry-run")
+    r = vggbn_main("sweep", SWEEPS / "pbt.yaml", "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "a population of 4 trials; every 2 epochs" in r.stdout
     assert "perturbed: lr ~ loguniform [0.003, 0.5]" in r.stdout
-    r = vggbn("sweep", _spec(tmp_path, **{"scheduler.perturb": ["dropout"], "space.dropout":
-                                           {"uniform": [0.0, 0.5]}}), "--dry-run")
+    r = vggbn_main("sweep", _spec(tmp_path, **{"scheduler.perturb": ["dropout"], "space.dropout":
+                                                {"uniform": [0.0, 0.5]}}), "--dry-run")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "dropout adds or removes the model's Dropout layers" in r.stderr and "Fix:" in r.stderr
 
@@ -201,5 +202,5 @@ def test_a_pbt_experiment_gives_no_single_config_to_start_from(pbt_run, tmp_path
     (tmp_path / "abl.yaml").write_text(yaml.safe_dump(abl))
     with pytest.raises(SweepSpecError, match="is a pbt sweep"):
         load_spec(tmp_path / "abl.yaml")
-    r = vggbn("train", "--from", exp, "--trial", trials["trial_id"].iloc[0])
+    r = vggbn_main("train", "--from", exp, "--trial", trials["trial_id"].iloc[0])
     assert r.returncode == 2 and "is a pbt sweep" in r.stderr and "Traceback" not in r.stderr

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import SWEEPS, tiny, vggbn
+from conftest import SWEEPS, ray_worker, tiny, vggbn, vggbn_main
 from vggbn.plan.load import load_spec
 from vggbn.spec.model import SweepSpecError, stored_spec
 
@@ -37,17 +37,18 @@ def in_range(v, lo_hi) -> bool:
 
 
 @pytest.fixture(scope="module")
-def hpo(tmp_path_factory):
+def hpo(tmp_path_factory, ray_cluster):
     """A real Optuna sweep of 6 trials over the conditional space: its directory and trials."""
     root = tmp_path_factory.mktemp("hpo")
-    r = vggbn("sweep", write(root / "hpo.yaml", hpo_spec(root)))
+    with ray_worker(ray_cluster) as address:
+        r = vggbn("sweep", write(root / "hpo.yaml", hpo_spec(root)), "--address", address)
     assert r.returncode == 0, r.stderr[-3000:]
     return root / "hpo", pd.read_parquet(root / "hpo" / "trials.parquet")
 
 
 # ---------------------------------------------------------------------- conditional spaces
 def test_shipped_hpo_dry_run_keeps_each_optimizer_in_its_own_lr_range():
-    r = vggbn("sweep", SWEEPS / "hpo.yaml", "--dry-run")
+    r = vggbn_main("sweep", SWEEPS / "hpo.yaml", "--dry-run")
     assert r.returncode == 0, r.stderr
     spec = load_spec(SWEEPS / "hpo.yaml")
     ranges = {o: spec.space["lr"].branch(o).values for o in ("sgd", "adamw")}
@@ -138,7 +139,7 @@ def test_a_conditional_val_fraction_is_checked_branch_by_branch(tmp_path):
 
 def test_bad_conditional_space_through_the_command(tmp_path):
     f = write(tmp_path / "s.yaml", {**hpo_spec(tmp_path), **BAD[6][0]})
-    r = vggbn("sweep", f)
+    r = vggbn_main("sweep", f)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "space.lr" in r.stderr, r.stderr
     assert not (tmp_path / "hpo").exists()  # nothing claimed
 
@@ -199,7 +200,7 @@ def test_ablation_takes_its_base_from_the_best_trial_on_val_acc(hpo, tmp_path):
     assert spec.base["optimizer"] == best["optimizer"] and spec.base["lr"] == best["lr"]
     assert spec.base["epochs"] == 1  # this file's own base wins
     assert "seed" not in spec.base and "bn" not in spec.base  # what the ablation varies stays its own
-    r = vggbn("sweep", tmp_path / "abl.yaml", "--dry-run")
+    r = vggbn_main("sweep", tmp_path / "abl.yaml", "--dry-run")
     assert r.returncode == 0 and f"trial {best['trial_id']}" in r.stdout, r.stderr
     # stored as data: the record is kept and not re-read (the HPO directory may be gone by then)
     again = stored_spec(yaml.safe_dump(spec.model_dump(mode="json")), "spec.yaml")
@@ -214,7 +215,7 @@ def test_ablation_takes_its_base_from_the_best_trial_on_val_acc(hpo, tmp_path):
 def test_train_from_a_stored_trial_reproduces_its_epochs(hpo, tmp_path):
     d, t = hpo
     tid = t["trial_id"].iloc[0]
-    r = vggbn("train", "--from", d, "--trial", tid, "--quiet", "--out", tmp_path / "again")
+    r = vggbn_main("train", "--from", d, "--trial", tid, "--quiet", "--out", tmp_path / "again")
     assert r.returncode == 0, r.stderr[-3000:]
     again = [json.loads(line) for line in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()]
     e = pd.read_parquet(d / "epochs.parquet")
@@ -224,9 +225,9 @@ def test_train_from_a_stored_trial_reproduces_its_epochs(hpo, tmp_path):
         for k in ("train_loss", "val_acc", "test_loss", "test_acc", "lr"):
             assert math.isclose(m[k], row[k], rel_tol=1e-6, abs_tol=1e-9), (m["epoch"], k, m[k], row[k])
 
-    r = vggbn("train", "--from", d, "--trial", "nope")
+    r = vggbn_main("train", "--from", d, "--trial", "nope")
     assert r.returncode == 2 and "nope" in r.stderr and tid in r.stderr and "Fix:" in r.stderr
-    r = vggbn("train", "--from", d)
+    r = vggbn_main("train", "--from", d)
     assert r.returncode == 2 and "--from and --trial go together" in r.stderr
 
 
@@ -237,13 +238,13 @@ def test_shipped_follow_up_sweeps_read_results_hpo(hpo, tmp_path):
 
     d, t = hpo
     shutil.copytree(d, tmp_path / "results" / "hpo")
-    r = vggbn("sweep", SWEEPS / "ablation_tuned.yaml", "--dry-run", cwd=tmp_path)
+    r = vggbn_main("sweep", SWEEPS / "ablation_tuned.yaml", "--dry-run", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     best = t.loc[t["val_acc"].idxmax()]
     assert f"trial {best['trial_id']}" in r.stdout and f"optimizer={best['optimizer']}" in r.stdout
     assert sum(line.strip()[:1].isdigit() for line in r.stdout.splitlines()) == 18
-    r = vggbn("sweep", SWEEPS / "hpo_continue.yaml", "--dry-run", cwd=tmp_path)
+    r = vggbn_main("sweep", SWEEPS / "hpo_continue.yaml", "--dry-run", cwd=tmp_path)
     # the test HPO's trials (width 1/16, synthetic data) lie outside hpo.yaml's space: counted, not used
     assert r.returncode == 0 and "warm start: 0 of 6 trials" in r.stdout and "6 of them outside" in r.stdout, r.stderr
-    r = vggbn("sweep", SWEEPS / "hpo_continue.yaml", "--dry-run")  # no results/hpo where it runs
+    r = vggbn_main("sweep", SWEEPS / "hpo_continue.yaml", "--dry-run")  # no results/hpo where it runs
     assert r.returncode == 2 and "warm_start" in r.stderr and "Traceback" not in r.stderr

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import SWEEPS, vggbn
+from conftest import SWEEPS, vggbn, vggbn_main
 from vggbn.plan.dry_run import dry_run
 from vggbn.plan.load import load_spec
 from vggbn.spec.model import SweepSpecError
@@ -150,7 +150,7 @@ def test_dry_run_cli_lists_24_trials_without_ray():
 
 def test_cli_bad_spec_exits_2(tmp_path):
     path = write(tmp_path, with_(scheduler={"type": "asha"}))
-    r = vggbn("sweep", path, "--dry-run", timeout=120)
+    r = vggbn_main("sweep", path, "--dry-run")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert str(path) in r.stderr and "test set" in r.stderr
 

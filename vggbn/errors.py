@@ -57,6 +57,16 @@ class ResultsError(VggbnError, ValueError):
     """Exported results that cannot be analysed: names the file."""
 
 
+class StoredTrialError(VggbnError, ValueError):
+    """An experiment with no one stored config for a trial to train again. `option` says why: "--trial"
+    (no such trial there), or the option naming a PBT sweep ("--from", "base_from"), whose trials'
+    values changed while they trained."""
+
+    def __init__(self, what: str, fix: str | None = None, *, option: str | None = None):
+        super().__init__(what, fix)
+        self.option = option
+
+
 class ClusterInitError(VggbnError):
     """Bad input to `vggbn cluster-init`, or an AWS refusal."""
 

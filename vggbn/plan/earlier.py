@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vggbn.errors import ExperimentError
+from vggbn.errors import ExperimentError, StoredTrialError
 from vggbn.plan.optuna_space import finite, plain, warm_trials
 from vggbn.schema import TRIAL_DIR, TRIALS
 from vggbn.spec.model import SweepSpec
@@ -53,9 +53,10 @@ def _not_pbt(spec: SweepSpec, uri: str, key: str) -> None:
     """A PBT trial's values changed as it trained (its config columns are where it started, its
     result where the schedule ended): no one config to start from or to re-run."""
     if spec.scheduler.type in ("pbt", "pb2"):
-        raise ValueError(f"{key}: {uri} is a {spec.scheduler.type} sweep: each trial's values changed "
-                         f"while it trained (pbt_schedule in its trials.parquet), so no trial has one "
-                         f"config that gave its result; take the values from its schedule into base")
+        raise StoredTrialError(f"{key}: {uri} is a {spec.scheduler.type} sweep: each trial's values "
+                               f"changed while it trained (pbt_schedule in its trials.parquet), so no trial "
+                               f"has one config that gave its result; take the values from its schedule into "
+                               f"base", option=key)
 
 
 # ---------------------------------------------------------------------- warm start
@@ -147,8 +148,9 @@ def rerun_config(uri: str, trial_id: str) -> dict[str, Any]:
     if cfg is None:
         prefix = TRIAL_DIR.format(trial_id="")
         ids = sorted(n[len(prefix):] for n in exp.listdir() if n.startswith(prefix))
-        raise ValueError(f"--trial {trial_id}: no trial {trial_id!r} with a stored config in {exp.uri} "
-                         f"(its trials: {', '.join(ids[:12]) or 'none'}{' ...' if len(ids) > 12 else ''})")
+        raise StoredTrialError(f"--trial {trial_id}: no trial {trial_id!r} with a stored config in {exp.uri} "
+                               f"(its trials: {', '.join(ids[:12]) or 'none'}{' ...' if len(ids) > 12 else ''})",
+                               option="--trial")
     if not cfg.get("cpu_threads"):
         cfg = {**cfg, "cpu_threads": max(1, int(spec.resources.cpu))}
     return cfg

@@ -121,6 +121,27 @@ class ExportDir:
         with self.fs.open_input_stream(f"{self.root}/{name}") as f:
             return f.read()
 
+    def check(self) -> None:
+        """A sweep directory with an export (its trials.parquet) before any file is parsed, else
+        error(what, fix) naming it: `vggbn report` and `landscape` check this before they import
+        pandas, so that a wrong path answers at once (analysis' load checks the same way)."""
+        import pyarrow.fs as pafs
+
+        example = "e.g. results/quick" + (", s3://BUCKET/PREFIX/NAME" if self.remote else "")
+        try:
+            kind = self.kind()
+            if kind != pafs.FileType.Directory:  # on object storage: no object under that prefix
+                what, fix = (storage.missing(self.fs, self.uri, self.root) if self.remote
+                             and kind == pafs.FileType.NotFound else ("no such directory", None))
+                raise self.error(f"{self}: {what}.", fix or f"give the directory of a finished or interrupted "
+                                                            f"sweep, {example}")
+            exported = self.is_file(TRIALS)
+        except OSError as err:  # the store: unreachable, no credentials, access denied
+            raise self.error(storage.explain(str(self), err)) from None  # "what\nFix: fix", split by VggbnError
+        if not exported:
+            raise self.error(f"{self}: no {TRIALS} here.", f"give the directory of a finished or interrupted "
+                             f"sweep, {example}, or run `vggbn export {self}` first")
+
     def read_export(self, name: str, fix: str):
         """(DataFrame, metadata) of an export file here ((None, {}) when absent); OSError: the store's."""
         return read_export(self.fs, f"{self.root}/{name}", name, self.show(name), fix, self.error)

@@ -215,13 +215,14 @@ def extend_sweep(path: str, overrides: dict[str, Any], *, address: str | None = 
     the new ones join the same experiment (and its table) through the plan searcher on resume."""
     exp = Experiment(path)
     old = exp.spec()
-    fix = f"Fix: run a new sweep for it (vggbn sweep FILE), and `vggbn report {exp.uri} NEW` to compare"
+    fix = f"run a new sweep for it (vggbn sweep FILE), and `vggbn report {exp.uri} NEW` to compare"
     if old.search != "grid":
         raise ExperimentError(f"{exp.uri}: search {old.search}: `extend` adds seeds or variants to a grid "
-                              f"sweep.\n{fix}")
+                              f"sweep.", fix)
     if not exp.has_ray_state() or not any(i.startswith("searcher-state") for i in exp.listdir()):
         raise ExperimentError(f"{exp.uri}: this sweep has no vggbn plan state (it never started, or it "
-                              f"was run by a vggbn before 2026-11-28 on Ray's own grid).\n{fix}")
+                              f"was run on Ray's own grid by a vggbn older than its plan searcher, "
+                              f"commit 83b622c).", fix)
     new = extended_spec(old, overrides, exp.uri)  # plan/extend.py: --set, validated, an extension
     if new.model_dump() != old.model_dump():
         exp.write_spec(new.model_copy(update={"storage": exp.storage}))
