@@ -29,7 +29,7 @@ EPOCHS, EVERY, KILL_AT = 4, 2, 3  # rank 1 dies as it starts epoch 3; the checkp
 BASE = tiny(synthetic_size=512, batch_size=64, epochs=EPOCHS, bn=False, dropout=0.0, record_steps=True,
             optimizer="sgd", lr=0.02)
 # tolerance: float32 sums in another order (each rank's half-batch, then gloo's all-reduce of the
-# gradients) against one process's: measured 3e-8 (parameters) and 8e-8 (losses) on 2026-11-28.
+# gradients) against one process's: measured 3e-8 (parameters) and 8e-8 (losses).
 # A wrong weighting of the halves moves SGD's parameters by ~lr x gradient, orders of magnitude more.
 # (At lr 0.05 this net's 4th epoch amplifies the rounding to 1e-3: chaotic dynamics, not a bug.)
 PARAM_TOL, LOSS_TOL = 1e-5, 1e-6

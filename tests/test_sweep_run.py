@@ -128,7 +128,7 @@ def test_optuna_runs_n_trials_within_max_concurrent(tmp_path, ray_local):
 
 
 def test_one_bad_trial_config_errors_that_trial_alone(tmp_path, ray_local, monkeypatch):
-    from vggbn.sweep import search
+    from vggbn.sweep.search import plan as search  # the plan searcher reads its variants from here
 
     spec = spec_of(tmp_path, max_failures=0)
     # a value that slipped past the spec check (as a hand-built plan could)
