@@ -15,6 +15,7 @@ $(BIN)/vggbn: pyproject.toml
 	@touch $@
 
 test: $(BIN)/vggbn
+	$(BIN)/lint-imports  # the layer contracts in pyproject.toml (docs/architecture.md)
 	$(BIN)/python -m pytest -q
 
 # Runs $(SWEEP) (default: the laptop-scale ablation on CIFAR-10), resuming the spec's own experiment

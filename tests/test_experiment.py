@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import DATA, SWEEPS, vggbn
+from conftest import DATA, SWEEPS, vggbn, vggbn_main
 from vggbn.store import checkpoint
 from vggbn.store.experiment import Experiment, ExperimentError
 from vggbn.spec.model import SweepSpecError
@@ -30,7 +30,7 @@ def listing(d: Path) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------- the resolved config is the truth
-def test_an_experiment_from_commit_08213c0_exports_what_it_trained(tmp_path):
+def test_an_experiment_from_commit_08213c0_exports_what_it_trained(tmp_path, ray_address):
     """Made when the default recipe was `seed` (Adam, lr 1e-3, batch 1024); its trials' raw Ray
     configs name none of that. Today's default is `strong` (SGD 0.1, batch 128): the export must
     read the config each trial trained (from its checkpoint), not re-resolve the raw dict."""
@@ -38,7 +38,7 @@ def test_an_experiment_from_commit_08213c0_exports_what_it_trained(tmp_path):
     shutil.copytree(OLD, exp)
     raw = [json.loads(p.read_text()) for p in exp.glob("trial_*/params.json")]
     assert len(raw) == 4 and not any({"recipe", "optimizer", "lr", "batch_size"} & set(r) for r in raw)
-    r = vggbn("export", exp)
+    r = vggbn("export", exp)  # the real process; the other exports here run in this one
     assert r.returncode == 0, r.stderr[-2000:]
     t = pd.read_parquet(exp / "trials.parquet")
     assert len(t) == 4 and set(t["status"]) == {"completed"}
@@ -52,7 +52,7 @@ def test_an_experiment_from_commit_08213c0_exports_what_it_trained(tmp_path):
     # its tuner.pkl names the old module paths (vggbn.sweep.FIFO, vggbn.sweep.vggbn_trial):
     # a resume of the finished sweep restores it, trains nothing and exports the same trials
     before = {p.parent.name: p.read_text() for p in exp.glob("trial_*/result.json")}
-    r = vggbn("resume", exp)
+    r = vggbn("resume", exp, "--address", ray_address)
     assert r.returncode == 0 and "4 completed" in r.stdout, r.stderr[-2000:]
     assert {p.parent.name: p.read_text() for p in exp.glob("trial_*/result.json")} == before
     again = pd.read_parquet(exp / "trials.parquet")
@@ -68,7 +68,7 @@ def test_a_stored_spec_is_read_as_data(tmp_path):
     spec["space"] = {"preset": {"grid": ["vgg_a_bn", "vgg_a_bn_sgd"]}, "seed": {"grid": [0, 1]}}
     spec["base"] = {**spec["base"], "recipe": "strong"}
     (exp / "spec.yaml").write_text(yaml.safe_dump(spec))
-    r = vggbn("export", exp)
+    r = vggbn_main("export", exp)
     assert r.returncode == 0, r.stderr[-2000:]
     assert set(pd.read_parquet(exp / "trials.parquet")["optimizer"]) == {"adam"}  # what was trained
 
@@ -77,7 +77,7 @@ def test_re_export_removes_stale_optional_files(tmp_path):
     exp = tmp_path / "smoke"
     shutil.copytree(OLD, exp)  # per-step losses, no probes
     pd.DataFrame({"trial_id": ["gone"], "step": [1], "beta": [1.0]}).to_parquet(exp / "probes.parquet")
-    assert vggbn("export", exp).returncode == 0
+    assert vggbn_main("export", exp).returncode == 0
     assert not (exp / "probes.parquet").exists()  # it described trials that are not here
     assert set(pd.read_parquet(exp / "steps.parquet")["trial_id"]) <= set(
         pd.read_parquet(exp / "trials.parquet")["trial_id"])
@@ -109,7 +109,7 @@ def claim_race(uri: str, n: int) -> tuple[list[int], list[str]]:
 def test_a_second_sweep_into_a_finished_one_exits_2_and_leaves_it_intact(smoke_run, scheme):
     exp, _ = smoke_run
     before = listing(exp)
-    r = vggbn("sweep", SWEEPS / "smoke.yaml", "--set", f"storage={scheme}{exp.parent}", timeout=120)
+    r = vggbn_main("sweep", SWEEPS / "smoke.yaml", "--set", f"storage={scheme}{exp.parent}")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "vggbn resume" in r.stderr and "--set name=" in r.stderr
     assert listing(exp) == before
@@ -123,9 +123,9 @@ def test_claim_is_exclusive_under_concurrent_starts(tmp_path, scheme):
     assert json.loads((tmp_path / "exp" / "vggbn-claim.json").read_text())["sweep"] == f"s{won[0]}"
 
 
-def test_two_sweeps_started_together_one_runs_one_exits_2(tmp_path):
+def test_two_sweeps_started_together_one_runs_one_exits_2(tmp_path, ray_address):
     args = [sys.executable, "-m", "vggbn", "sweep", str(SWEEPS / "smoke.yaml"), "--set", f"storage={tmp_path}",
-            "--set", "base.epochs=1"]
+            "--set", "base.epochs=1", "--address", ray_address]
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=400) for p in procs]
     codes = sorted(p.returncode for p in procs)
@@ -144,7 +144,7 @@ def test_a_start_that_fails_before_any_trial_gives_its_claim_back(tmp_path):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     closed = "http://127.0.0.1:9"  # nothing listens: the download fails at once
     env = {"http_proxy": closed, "https_proxy": closed, "HTTP_PROXY": closed, "HTTPS_PROXY": closed}
-    r = vggbn("sweep", tmp_path / "s.yaml", env=env, timeout=120)
+    r = vggbn_main("sweep", tmp_path / "s.yaml", env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     exp = tmp_path / "results" / "smoke"
     assert not (exp / "vggbn-claim.json").exists() and not (exp / "spec.yaml").exists()
@@ -215,18 +215,18 @@ def test_surfaces_are_merged_by_trial(smoke_copy):
     exp = smoke_copy
     ids = sorted(pd.read_parquet(exp / "trials.parquet")["trial_id"])
     args = ["--resolution", "3", "--samples", "32"]
-    r = vggbn("landscape", exp, "--trials", ids[0], *args)
+    r = vggbn_main("landscape", exp, "--trials", ids[0], *args)
     assert r.returncode == 0, r.stderr[-2000:]
     first = pd.read_parquet(exp / "surfaces.parquet")
     assert set(first["trial_id"]) == {ids[0]} and len(first) == 3 + 9
-    r = vggbn("landscape", exp, "--trials", ids[1], *args)
+    r = vggbn_main("landscape", exp, "--trials", ids[1], *args)
     assert r.returncode == 0, r.stderr[-2000:]
     both = pd.read_parquet(exp / "surfaces.parquet")
     assert set(both["trial_id"]) == {ids[0], ids[1]}
     pd.testing.assert_frame_equal(both[both["trial_id"] == ids[0]].reset_index(drop=True), first)
 
 
-def test_an_asha_sweep_interrupted_under_the_previous_release_resumes(tmp_path):
+def test_an_asha_sweep_interrupted_under_the_previous_release_resumes(tmp_path, ray_address):
     """Killed mid-run under b7b995a (tests/data/make_exp_b7b995a.sh): its tuner.pkl names the old
     module paths and holds that release's own PersistentASHA; its ASHA rungs are in the old format.
     Resumed with this code, it ends as the same sweep run through by the old release. Ray 2.60
@@ -240,7 +240,7 @@ def test_an_asha_sweep_interrupted_under_the_previous_release_resumes(tmp_path):
         shutil.rmtree(where, ignore_errors=True)
         shutil.copytree(DATA / "exp_b7b995a" / "asha", where / "asha")
         try:
-            r = vggbn("resume", where / "asha")
+            r = vggbn("resume", where / "asha", "--address", ray_address)
             assert r.returncode == 0, r.stderr[-3000:]
             t = pd.read_parquet(where / "asha" / "trials.parquet")
         finally:
@@ -249,11 +249,12 @@ def test_an_asha_sweep_interrupted_under_the_previous_release_resumes(tmp_path):
     assert got == expected
 
 
-def test_make_sweep_resumes_the_specs_own_experiment(smoke_copy):
+def test_make_sweep_resumes_the_specs_own_experiment(smoke_copy, ray_address):
     """`make sweep` is `vggbn sweep FILE --resume --report`: with the experiment there already (here
     through a file:// storage URI) it resumes it instead of refusing, then writes the report."""
     before = {p.parent.name: p.read_text() for p in smoke_copy.glob("trial_*/result.json")}
-    r = vggbn("sweep", SWEEPS / "smoke.yaml", "--set", f"storage=file://{smoke_copy.parent}", "--resume", "--report")
+    r = vggbn("sweep", SWEEPS / "smoke.yaml", "--set", f"storage=file://{smoke_copy.parent}", "--resume", "--report",
+              "--address", ray_address)  # make sweep SWEEP_ARGS="--address ..."; smoke_run starts a local Ray
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resuming it" in r.stderr and "4 completed" in r.stdout
     assert {p.parent.name: p.read_text() for p in smoke_copy.glob("trial_*/result.json")} == before  # nothing re-run

@@ -1,9 +1,10 @@
 """Multi-node sweeps, lost nodes, damaged checkpoints, out-of-memory trials and ASHA across a resume.
 
-The cluster tests start real Ray nodes on this machine with ray.cluster_utils.Cluster (a head with
-0 CPUs, as in cluster.yaml, and 1-CPU workers) and run `vggbn sweep --address` against them, the
-way `ray job submit` runs it on a real cluster. A node is removed with SIGKILL, as a spot
-preemption takes it.
+The cluster tests add real Ray nodes on this machine to the session's ray.cluster_utils.Cluster
+(conftest: a head with 0 CPUs, as in cluster.yaml; each test adds its 1-CPU workers, which go after
+it) and run `vggbn sweep --address` against them, the way `ray job submit` runs it on a real
+cluster. A node is removed with SIGKILL, as a spot preemption takes it. The other sweeps run on a
+worker of that cluster too (ray_address), but the one whose driver is killed with its own local Ray.
 """
 import hashlib
 import json
@@ -49,17 +50,6 @@ def results(exp: Path) -> dict[str, list[dict]]:
 def nodes_seen(exp):
     """For a timeout's message: each trial's epochs with the node each ran on."""
     return lambda: {t: [(r["epoch"], r.get("node_id", "")[:6]) for r in rs] for t, rs in results(exp).items()}
-
-
-@pytest.fixture
-def cluster():
-    """A head node that runs no trials (num_cpus=0, as cluster.yaml's head) and workers added by
-    each test. The nodes inherit this test's environment (its cache dirs)."""
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    yield c
-    c.shutdown()
 
 
 # ---------------------------------------------------------------------- several nodes
@@ -187,14 +177,15 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path):
         assert resume_state(Checkpoint.from_directory(str(good)))["epoch"] == 5
 
 
-def test_trial_killed_with_a_damaged_checkpoint_resumes_from_the_one_before(tmp_path):
+def test_trial_killed_with_a_damaged_checkpoint_resumes_from_the_one_before(tmp_path, ray_address):
     """In a running sweep: the trial's newest checkpoint is truncated and its process killed (a
     crash while writing). Ray retries it; vggbn skips the damaged checkpoint, says so, and the
     trial completes from the previous one."""
     spec = write_spec(tmp_path, name="damaged", max_failures=1, keep_checkpoints=2,
                       base={**TINY, "synthetic_size": 4096, "epochs": 6})
     exp = tmp_path / "results" / "damaged"
-    proc = subprocess.Popen([sys.executable, "-m", "vggbn", "sweep", str(spec)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "vggbn", "sweep", str(spec), "--address", ray_address],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         rows = wait_for(lambda: next((rs for rs in results(exp).values() if rs[-1]["epoch"] >= 3), None),
@@ -221,7 +212,7 @@ def test_trial_killed_with_a_damaged_checkpoint_resumes_from_the_one_before(tmp_
 
 
 # ---------------------------------------------------------------------- out of memory
-def test_out_of_memory_errors_that_trial_alone(tmp_path):
+def test_out_of_memory_errors_that_trial_alone(tmp_path, ray_address):
     """resources.memory_gb caps each CPU trial: the trial whose batch needs 2 GiB fails with a
     one-line reason and the fix; the small one beside it completes."""
     # 1 GiB: the small trial's process grows by several hundred MB beyond its model and batch
@@ -232,7 +223,7 @@ def test_out_of_memory_errors_that_trial_alone(tmp_path):
                             "synthetic_size": 8192, "eval_batch_size": 256, "epochs": 1,
                             "precision": "fp32"},
                       space={"batch_size": {"grid": [128, 8192]}})
-    r = vggbn("sweep", str(spec))
+    r = vggbn("sweep", str(spec), "--address", ray_address)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "1 completed" in r.stdout and "1 errored" in r.stdout
     t = pd.read_parquet(tmp_path / "results" / "oom" / "trials.parquet").set_index("batch_size")
@@ -265,12 +256,13 @@ def asha_spec(tmp_path: Path, name: str) -> Path:
                       space={"lr": {"grid": lrs}})
 
 
-def test_asha_killed_and_resumed_stops_the_same_trials(tmp_path):
+def test_asha_killed_and_resumed_stops_the_same_trials(tmp_path, ray_address):
     env = {"TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    through = vggbn("sweep", str(asha_spec(tmp_path, "through")), env=env)
+    through = vggbn("sweep", str(asha_spec(tmp_path, "through")), "--address", ray_address, env=env)
     assert through.returncode == 0, through.stderr[-3000:]
 
     exp = tmp_path / "results" / "killed"
+    # the driver and the local Ray it starts are killed together: a reboot
     proc = subprocess.Popen([sys.executable, "-m", "vggbn", "sweep", str(asha_spec(tmp_path, "killed"))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, **env})
@@ -279,7 +271,7 @@ def test_asha_killed_and_resumed_stops_the_same_trials(tmp_path):
     proc.wait()
     started = set(results(exp))
     assert not (exp / "trials.parquet").exists()
-    r = vggbn("resume", str(exp), env=env)
+    r = vggbn("resume", str(exp), "--address", ray_address, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
 
     cols = ["status", "epochs_run"]

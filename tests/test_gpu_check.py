@@ -1,6 +1,6 @@
 """GPU trials on machines without CUDA, and benchmarks/gpu_check.sh where no GPU is.
 
-A `ray.cluster_utils.Cluster` worker with `num_gpus=1` is a logical GPU: Ray schedules and packs
+A worker with `num_gpus=1` on the session's `ray.cluster_utils.Cluster` is a logical GPU: Ray schedules and packs
 GPU trials on it exactly as on a real one, but torch finds no CUDA there. Such a trial must stop
 with one clear line, not train on the CPU without a word. The GPU check itself needs a GPU; here
 it must refuse in one line, and its `--dry-run-cpu` mode runs the same measuring and packing code
@@ -20,15 +20,11 @@ GPU_CHECK = REPO / "benchmarks" / "gpu_check.sh"
 
 
 @pytest.fixture
-def gpu_cluster():
-    """A 0-CPU head and one worker with 4 CPUs and one logical GPU."""
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    c.add_node(num_cpus=4, num_gpus=1)
-    c.wait_for_nodes()
-    yield c
-    c.shutdown()
+def gpu_cluster(cluster):
+    """The session's 0-CPU head and one worker with 4 CPUs and one logical GPU (gone after the test)."""
+    cluster.add_node(num_cpus=4, num_gpus=1)
+    cluster.wait_for_nodes()
+    return cluster
 
 
 @pytest.mark.timeout(300)

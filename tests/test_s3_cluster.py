@@ -1,7 +1,8 @@
 """S3 end to end, on real Ray nodes and a real S3 API.
 
-The store is moto's standalone S3 server (HTTP on 127.0.0.1, a free port); the cluster is
-ray.cluster_utils.Cluster with a 0-CPU head (as cluster.yaml's) and two 1-CPU workers. The smoke
+The store is moto's standalone S3 server (HTTP on 127.0.0.1, a free port); the cluster is the
+session's ray.cluster_utils.Cluster (conftest: a 0-CPU head, as cluster.yaml's) with two 1-CPU
+workers the test adds. The smoke
 sweep runs with `storage=s3://BUCKET/sweeps?endpoint_override=...` (the endpoint only in the URI's
 query: AWS_ENDPOINT_URL is unset, so the query must reach Ray, the trials and the claim); a worker
 is killed mid-trial (a spot loss), then the driver is SIGKILLed and `vggbn resume s3://...` finishes
@@ -182,22 +183,16 @@ def test_bucket_errors_are_two_lines_with_the_fix(s3, tmp_path):
 
 
 # ---------------------------------------------------------------------- the cluster
-@pytest.fixture
-def cluster(s3):
-    """A head that runs no trials (num_cpus=0, as cluster.yaml's) and workers added by the test.
-    Started after `s3`: the nodes inherit its environment (credentials, no AWS_ENDPOINT_URL)."""
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    yield c
-    c.shutdown()
-
-
-def staged(session: Path, name: str) -> dict[str, list[dict]]:
+# conftest's `cluster`: the session's head; the workers a test adds after `s3` inherit its
+# environment (credentials, no AWS_ENDPOINT_URL)
+def staged(session: Path, name: str, skip: set[Path]) -> dict[str, list[dict]]:
     """trial id -> the results the driver recorded so far: result.json in the driver's staging
-    directory under the Ray session (Ray uploads these to s3:// only now and then)."""
+    directory under the Ray session (Ray uploads these to s3:// only now and then), but in the
+    `skip` directories (earlier tests' sweeps on the session's cluster)."""
     out: dict[str, list[dict]] = {}
     for f in sorted(session.glob(f"artifacts/*/{name}/driver_artifacts/trial_*/result.json")):
+        if f.parents[2] in skip:
+            continue
         try:
             rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
         except (OSError, json.JSONDecodeError):  # being written: read it on the next poll
@@ -213,13 +208,14 @@ def test_s3_sweep_survives_a_lost_node_and_a_killed_driver_and_reports_from_the_
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     session = Path(cluster.head_node.get_session_dir_path())
+    earlier = set(session.glob("artifacts/*/smoke"))
     every, epochs = 2, 8  # epochs of about a second: time to see where trials run
     storage_uri = f"s3://{s3.bucket}/sweeps?{s3.query}"
     exp = f"s3://{s3.bucket}/sweeps/smoke?{s3.query}"
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
 
     def seen():
-        return {t: [(r["epoch"], r["node_id"][:6]) for r in rs] for t, rs in staged(session, "smoke").items()}
+        return {t: [(r["epoch"], r["node_id"][:6]) for r in rs] for t, rs in staged(session, "smoke", earlier).items()}
 
     log = tmp_path / "sweep.log"
     with log.open("w") as out:
@@ -229,19 +225,19 @@ def test_s3_sweep_survives_a_lost_node_and_a_killed_driver_and_reports_from_the_
                                 stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
     try:
         def on_w1():  # a trial on the first worker, past its first checkpoint, not finished
-            return next((t for t, rs in staged(session, "smoke").items()
+            return next((t for t, rs in staged(session, "smoke", earlier).items()
                          if rs[-1]["node_id"] == w1.node_id and every < rs[-1]["epoch"] < epochs), None)
 
         a = wait_for(on_w1, "a trial on the first worker past a checkpoint", seen=seen)
         cluster.remove_node(w1, allow_graceful=False)  # a spot loss
         cluster.add_node(num_cpus=1)  # the autoscaler's replacement
         t_lost = time.time()
-        wait_for(lambda: [r for r in staged(session, "smoke").get(a, []) if r["node_id"] != w1.node_id],
+        wait_for(lambda: [r for r in staged(session, "smoke", earlier).get(a, []) if r["node_id"] != w1.node_id],
                  f"trial {a} running again on another node", seen=seen)
         proc.kill()  # the driver dies (SIGKILL): no export, no last upload
         proc.wait()
         t_kill = time.time()
-        first = staged(session, "smoke")
+        first = staged(session, "smoke", earlier)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -295,7 +291,7 @@ def test_s3_sweep_survives_a_lost_node_and_a_killed_driver_and_reports_from_the_
     assert w1.node_id not in set(e.loc[(e["trial_id"] == a) & (e["epoch"] > restored), "node_id"])
     # the driver's kill: epochs trained again after the resume (Ray's experiment state, uploaded
     # every TUNE_GLOBAL_CHECKPOINT_S, may name a checkpoint older than the newest in the bucket)
-    after = {tid: {r["epoch"] for r in rs if r["timestamp"] > t_kill} for tid, rs in staged(session, "smoke").items()}
+    after = {tid: {r["epoch"] for r in rs if r["timestamp"] > t_kill} for tid, rs in staged(session, "smoke", earlier).items()}
     redone_kill = {tid: sorted(ep & {r["epoch"] for r in first.get(tid, [])}) for tid, ep in after.items()}
     print(f"\nS3 cluster figures: {len(t)} of 4 trials completed, {len(e)} epoch rows, no duplicates; node loss: "
           f"trial {a} lost at epoch {old[-1]['epoch']} on the removed worker, resumed from its checkpoint at "

@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 _API = {
-    "TrialConfig": "config", "ConfigError": "config", "fit": "train", "build_model": "models",
+    "VggbnError": "errors", "TrialConfig": "config", "ConfigError": "errors", "fit": "train",
+    "build_model": "models",
     "load_spec": "plan.load", "SweepSpec": "spec.model", "SweepSpecError": "spec.model",
     "run_sweep": "sweep.runner", "resume_sweep": "sweep.runner", "export_sweep": "sweep.export",
 }

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from vggbn.errors import ClusterInitError
+from vggbn.files import write_atomic
 from vggbn.sweep import ray_compat
 
 TAG = "vggbn:cluster-init"
@@ -34,13 +35,13 @@ def check_cidr(text: str) -> str:
     try:
         net = ipaddress.ip_network(text.strip(), strict=True)
     except ValueError as e:
-        raise ClusterInitError(f"--ssh-cidr {text!r} is not an IPv4 network ({e}).\nFix: your public address "
-                               f"as /32: --ssh-cidr $(curl -s https://checkip.amazonaws.com)/32") from None
+        raise ClusterInitError(f"--ssh-cidr {text!r} is not an IPv4 network ({e}).", "your public address "
+                               "as /32: --ssh-cidr $(curl -s https://checkip.amazonaws.com)/32") from None
     if net.version != 4:
-        raise ClusterInitError(f"--ssh-cidr {text}: IPv6 is not supported.\nFix: your IPv4 address as /32.")
+        raise ClusterInitError(f"--ssh-cidr {text}: IPv6 is not supported.", "your IPv4 address as /32.")
     if net.prefixlen < 8:
         raise ClusterInitError(f"--ssh-cidr {net}: that is SSH open to the world (or a good part of it): "
-                               f"refused.\nFix: your own address as /32 (curl -s https://checkip.amazonaws.com).")
+                               f"refused.", "your own address as /32 (curl -s https://checkip.amazonaws.com).")
     return str(net)
 
 
@@ -49,9 +50,9 @@ def check_bucket(text: str) -> str:
     if not (re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", name) and ".." not in name
             and not re.fullmatch(r"[\d.]+", name) and not name.startswith(("xn--", "sthree-"))
             and not name.endswith(("-s3alias", "--ol-s3"))):
-        raise ClusterInitError(f"--bucket {text!r} is not a valid S3 bucket name.\nFix: 3-63 characters: "
-                               f"lowercase letters, digits, '-' and '.', starting and ending with a letter "
-                               f"or digit, e.g. --bucket my-vggbn-results")
+        raise ClusterInitError(f"--bucket {text!r} is not a valid S3 bucket name.", "3-63 characters: "
+                               "lowercase letters, digits, '-' and '.', starting and ending with a letter "
+                               "or digit, e.g. --bucket my-vggbn-results")
     return name
 
 
@@ -59,12 +60,12 @@ def load_template(path: str | Path) -> dict[str, Any]:
     try:
         cfg = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise ClusterInitError(f"--config {path}: cannot read it ({e}).\nFix: run it in the repository, "
-                               f"or give --config path/to/cluster.yaml") from None
+        raise ClusterInitError(f"--config {path}: cannot read it ({e}).", "run it in the repository, "
+                               "or give --config path/to/cluster.yaml") from None
     if not (isinstance(cfg, dict) and (cfg.get("provider") or {}).get("type") == "aws"
             and isinstance(cfg.get("available_node_types"), dict) and cfg.get("head_node_type")):
         raise ClusterInitError(f"--config {path}: not a Ray cluster config for AWS (provider.type: aws, "
-                               f"available_node_types, head_node_type).\nFix: start from cluster.yaml.")
+                               f"available_node_types, head_node_type).", "start from cluster.yaml.")
     return cfg
 
 
@@ -105,17 +106,17 @@ def aws_errors():
     try:
         yield
     except NoCredentialsError:
-        raise ClusterInitError("no AWS credentials found.\nFix: `aws configure` (or AWS_PROFILE, or "
+        raise ClusterInitError("no AWS credentials found.", "`aws configure` (or AWS_PROFILE, or "
                                "AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY) for an identity that may create "
                                "IAM roles and EC2 security groups.") from None
     except NoRegionError:
-        raise ClusterInitError("no AWS region.\nFix: --region us-west-2 (or provider.region in the config).") from None
+        raise ClusterInitError("no AWS region.", "--region us-west-2 (or provider.region in the config).") from None
     except ClientError as e:
         err = e.response.get("Error", {})
-        raise ClusterInitError(f"AWS refused {e.operation_name}: {err.get('Code')}: {err.get('Message')}\nFix: "
-                               f"credentials that may manage IAM roles and EC2 security groups.") from None
+        raise ClusterInitError(f"AWS refused {e.operation_name}: {err.get('Code')}: {err.get('Message')}",
+                               "credentials that may manage IAM roles and EC2 security groups.") from None
     except BotoCoreError as e:
-        raise ClusterInitError(f"AWS: {e}\nFix: check the network, AWS_ENDPOINT_URL and the region.") from None
+        raise ClusterInitError(f"AWS: {e}", "check the network, AWS_ENDPOINT_URL and the region.") from None
 
 
 def _tags(name: str, **more: str) -> list[dict[str, str]]:
@@ -129,7 +130,7 @@ def _tagged(tags: list[dict[str, str]] | None, name: str) -> bool:
 def _ours(tags: list[dict[str, str]] | None, what: str, name: str) -> None:
     if not _tagged(tags, name):
         raise ClusterInitError(f"{what} exists and was not created by `vggbn cluster-init --name {name}`: "
-                               f"left untouched.\nFix: another --name, or remove it yourself.")
+                               f"left untouched.", "another --name, or remove it yourself.")
 
 
 def _role(iam, role: str, policy: dict[str, Any], name: str, log: list[str]) -> str:
@@ -179,12 +180,12 @@ def _vpc(ec2, cfg: dict[str, Any], region: str) -> str:
     if subnets:  # the VPC the config names through its subnets
         vpcs = {s["VpcId"] for s in ec2.describe_subnets(SubnetIds=subnets)["Subnets"]}
         if len(vpcs) != 1:
-            raise ClusterInitError(f"the config's SubnetIds span VPCs {sorted(vpcs)}.\nFix: subnets of one VPC.")
+            raise ClusterInitError(f"the config's SubnetIds span VPCs {sorted(vpcs)}.", "subnets of one VPC.")
         return vpcs.pop()
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
     if not vpcs:
-        raise ClusterInitError(f"region {region} has no default VPC.\nFix: name subnets of one VPC with "
-                               f"SubnetIds in each node_config of the config.")
+        raise ClusterInitError(f"region {region} has no default VPC.", "name subnets of one VPC with "
+                               "SubnetIds in each node_config of the config.")
     return vpcs[0]["VpcId"]
 
 
@@ -253,20 +254,20 @@ def validate(cfg: dict[str, Any], where: str) -> None:
 def init(bucket: str, ssh_cidr: str, *, out: str | Path, region: str | None = None, name: str = "vggbn",
          config: str | Path = "cluster.yaml", force: bool = False) -> list[str]:
     """Create or reuse the group and the profiles; write `out`. Returns what it did, a line each."""
-    import boto3
-
     cidr, bucket, out = check_cidr(ssh_cidr), check_bucket(bucket), Path(out)
     if out.resolve() == Path(config).resolve():
-        raise ClusterInitError(f"--out {out} is the template itself.\nFix: --out cluster.local.yaml")
+        raise ClusterInitError(f"--out {out} is the template itself.", "--out cluster.local.yaml")
     if out.exists() and not force:
-        raise ClusterInitError(f"--out {out} exists.\nFix: --force to replace it (running again is safe: what "
-                               f"exists in AWS is reused), or another --out.")
+        raise ClusterInitError(f"--out {out} exists.", "--force to replace it (running again is safe: what "
+                               "exists in AWS is reused), or another --out.")
     template = load_template(config)
     region = region or template["provider"].get("region")
     if not region:
-        raise ClusterInitError(f"no AWS region: {config} names none.\nFix: --region us-west-2")
+        raise ClusterInitError(f"no AWS region: {config} names none.", "--region us-west-2")
     fake = "arn:aws:iam::000000000000:instance-profile/x"
     validate(cluster_config(template, region, "sg-0", fake, fake), str(config))  # before creating anything
+    import boto3  # the input is checked: now AWS's client
+
     log: list[str] = []
     with aws_errors():
         ec2, iam = boto3.client("ec2", region_name=region), boto3.client("iam", region_name=region)
@@ -288,8 +289,6 @@ def init(bucket: str, ssh_cidr: str, *, out: str | Path, region: str | None = No
             + yaml.safe_dump(cfg, sort_keys=False, width=120))
     unchanged = out.exists() and out.read_text() == text
     if not unchanged:
-        from vggbn.files import write_atomic
-
         write_atomic(out, text)
     if not log:
         log.append(f"no change in AWS: {name}-cluster ({sg}), {name}-head and {name}-worker are as they should be")
@@ -313,8 +312,8 @@ def delete(*, region: str | None = None, name: str = "vggbn", config: str | Path
             except ClientError as e:
                 if e.response["Error"]["Code"] != "DependencyViolation":
                     raise
-                raise ClusterInitError(f"security group {sg['GroupName']} ({sg['GroupId']}) is still in use.\n"
-                                       f"Fix: `ray down` the cluster first, then delete again.") from None
+                raise ClusterInitError(f"security group {sg['GroupName']} ({sg['GroupId']}) is still in use.",
+                                       "`ray down` the cluster first, then delete again.") from None
             log.append(f"deleted security group {sg['GroupName']} ({sg['GroupId']})")
         for what in (f"{name}-head", f"{name}-worker"):  # an instance profile and a role of that name each
             with contextlib.suppress(iam.exceptions.NoSuchEntityException):

@@ -23,7 +23,7 @@ def cmd_landscape(args: argparse.Namespace) -> int:
     if args.resolution < 2 or args.samples < 1:
         raise UsageError(f"--resolution {args.resolution} / --samples {args.samples}: need a resolution of "
                          f"at least 2 points per axis and at least 1 sample.", "e.g. --resolution 21 "
-                         f"--samples 2048")
+                         "--samples 2048")
     exported([args.path])
     from analysis.report import landscape_figures
     from analysis.results import load

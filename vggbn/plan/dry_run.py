@@ -16,7 +16,7 @@ from vggbn.spec.workers import describe as describe_resources
 from vggbn.store.experiment import Experiment
 
 DRY_RUN_LINES = 200
-TPE_STARTUP = 10  # TPESampler's n_startup_trials (search.py passes it): TPE's random start
+TPE_STARTUP = 10  # TPESampler's n_startup_trials (sweep/search/optuna.py passes it): TPE's random start
 
 
 # Approximate on-demand list prices in USD per instance-hour and the GPUs they carry (AWS, us-east-1
@@ -125,7 +125,7 @@ def dry_run(spec: SweepSpec) -> str:
     if sampled:
         lines.append("space: " + "; ".join(f"{k} ~ {d.describe()}" for k, d in sampled.items()))
     if sampled and (spec.search == "optuna" or any(d.kind == "when" for d in sampled.values())):
-        # Optuna samples these (search.py): its random sampler with the spec's seed draws what the
+        # Optuna samples these (sweep/search/optuna.py): its random sampler with the spec's seed draws what the
         # first trials get (TPE's own start: random until 10 trials, warm-start ones included, have
         # finished), conditional keys only under their parent's values
         n = spec.trial_count() if spec.search == "random" else max(0, TPE_STARTUP - warm)

@@ -1,7 +1,7 @@
 """What an earlier experiment gives a new one: from search to study.
 
 - `warm_start`: a search starts with the finished trials of an earlier export of the same
-  metric(s), as Optuna trials of this space (search.py adds them to the study before the first
+  metric(s), as Optuna trials of this space (sweep/search/optuna.py adds them to the study before the first
   suggestion).
 - `resolve_base_from`: an ablation takes its base from an HPO export's best trial, chosen on a
   validation metric (never the test set): the keys the HPO searched (or `keys:`); the spec records

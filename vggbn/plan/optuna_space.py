@@ -4,7 +4,7 @@
 under its own name; a conditional key (`When`) is suggested under one name per value of its parent,
 e.g. `lr|optimizer=adamw`, so that TPE models AdamW's learning rates apart from SGD's (one name
 for both would mix the two ranges in one density). Trials get the plain key (`lr`): `suggest` of
-`Search` (search.py) drops the per-branch names.
+the `Optuna` searcher (sweep/search/optuna.py) drops the per-branch names.
 
 `warm_trials` turns the finished trials of an earlier export into Optuna trials of this space
 (completed ones as complete, ASHA-stopped ones as pruned with their last value; values outside the

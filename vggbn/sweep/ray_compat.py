@@ -8,6 +8,7 @@ Ray is imported inside the functions: `vggbn status` reads the experiment state 
 
 from __future__ import annotations
 
+import atexit
 import copy
 import inspect
 import json
@@ -199,6 +200,7 @@ def _core_probes() -> list[tuple[str, Callable[[], bool]]]:
         ("Tuner._local_tuner", local_tuner),
         ("ray.train._internal.syncer._BackgroundProcess", lambda: _callable(syncer, "_BackgroundProcess")),
         ("threading.Thread._target", lambda: _has(threading.Thread(target=int), "_target")),
+        ("atexit._run_exitfuncs", lambda: _callable(atexit, "_run_exitfuncs")),
         ("ray.train.v2._internal.constants.is_v2_enabled", lambda: _callable(train_v2, "is_v2_enabled")),
         ("ray.autoscaler._private.util.prepare_config/validate_config",
          lambda: _has(autoscaler_util, "prepare_config", "validate_config", "logger")),
@@ -237,3 +239,12 @@ def check_ray(mlflow: bool = False, wandb: bool = False) -> None:
         raise SpecError(f"Ray {ray.__version__} lacks {', '.join(missing)}, which vggbn uses; "
                         f"vggbn is tested with Ray {', '.join(RAY_TESTED)}.",
                         f"pip install 'ray[tune]=={RAY_TESTED[-1]}.*'")
+
+
+# ---------------------------------------------------------------------- CPython: exit handlers
+def run_exit_handlers() -> None:
+    """`atexit._run_exitfuncs()`: the handlers the interpreter runs at exit (Ray's shutdown,
+    logging's flush, weakref finalizers), run by `vggbn` itself before it leaves through os._exit
+    (vggbn.cli.exit_without_teardown: native threads that outlive finalization cannot crash the
+    exit). Private, but unchanged since Python 2; probed by check_ray like the rest."""
+    atexit._run_exitfuncs()
