@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from vggbn.config import PRESETS, TrialConfig
+from vggbn.data import NUM_CLASSES
 
 M = "M"  # 2x2 max-pool
 # arch name -> (conv layer list, classifier hidden size at width 1)
@@ -136,8 +137,6 @@ def model_cost(cfg) -> tuple[float, int]:
     """(GFLOPs of one forward pass at batch 1, counted by torch's FlopCounterMode; parameters)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-
-    from vggbn.data import NUM_CLASSES
 
     channels = 1 if cfg.dataset == "fashion_mnist" else 3
     model = build_model(cfg, channels, NUM_CLASSES.get(cfg.dataset, 10)).eval()

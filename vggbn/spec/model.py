@@ -22,7 +22,7 @@ from vggbn.errors import ConfigError, SpecError
 from vggbn.schema import COSTS, METRICS, SCHEMA_VERSION
 from vggbn.spec.resources import Budget, Cost, Resources
 from vggbn.spec.scheduler import Scheduler, check_scheduler
-from vggbn.spec.space import Seeds, SpaceEntry, When, check_seeds, check_space
+from vggbn.spec.space import Seeds, SpaceEntry, check_seeds, check_space
 from vggbn.spec.tracking import Tracking
 from vggbn.spec.workers import check_spec as check_workers
 from vggbn.uri import join, problem
@@ -255,13 +255,6 @@ class SweepSpec(BaseModel):
     def experiment_path(self) -> str:  # <storage>/<name>, a URI's query (?endpoint_override=) kept at the end
         return join(self.storage_uri(), self.name)
 
-    def param_space(self) -> dict[str, Any]:
-        space = {**self.base, **{k: d.to_tune() for k, d in self.space.items() if not isinstance(d, When)}}
-        if self.cases:
-            from ray import tune
-
-            space[CASE_KEY] = tune.grid_search([dict(c) for c in self.cases])
-        return space
 
 
 CASE_KEY = "_case"

@@ -61,16 +61,6 @@ class Dim(BaseModel):
             return [self.values[0], self.values[1] - 1]
         return list(self.values)
 
-    def to_tune(self):
-        from ray import tune
-
-        v = self.values
-        if self.kind == "grid":
-            return tune.grid_search(list(v))
-        if self.kind == "choice":
-            return tune.choice(list(v))
-        return getattr(tune, self.kind)(v[0], v[1])  # uniform, loguniform, randint
-
     def describe(self) -> str:
         return f"{self.kind} {list(self.values)}"
 

@@ -21,6 +21,7 @@ from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from vggbn.spec.pbt import TYPES, bounds, keys  # noqa: F401  (TYPES: export.py imports it from here)
 from vggbn.sweep import ray_compat
 from vggbn.sweep.schedulers.budget import BudgetMixin
+from vggbn.sweep.tune_space import to_tune
 
 if TYPE_CHECKING:
     from vggbn.spec.model import SweepSpec
@@ -46,7 +47,7 @@ def mutations(spec: SweepSpec) -> dict[str, Any]:
     out = {}
     for k in keys(spec):
         d = spec.space[k]
-        out[k] = list(d.values) if d.kind == "choice" else d.to_tune()
+        out[k] = list(d.values) if d.kind == "choice" else to_tune(d)
     return out
 
 
