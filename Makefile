@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test sweep lint clean
+.PHONY: test test-fast sweep lint clean
 
 SWEEP ?= sweeps/quick.yaml
 SWEEP_ARGS ?=
@@ -17,6 +17,11 @@ $(BIN)/vggbn: pyproject.toml
 test: $(BIN)/vggbn
 	$(BIN)/lint-imports  # the layer contracts in pyproject.toml (docs/architecture.md)
 	$(BIN)/python -m pytest -q
+
+# The inner loop: no Ray, no subprocess sweeps (the `ray` and `slow` markers, tests/conftest.py)
+test-fast: $(BIN)/vggbn
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -m "not ray and not slow"
 
 # Runs $(SWEEP) (default: the laptop-scale ablation on CIFAR-10), resuming the spec's own experiment
 # wherever its storage is if it exists already, then writes the report (<storage>/NAME/report/ locally, reports/NAME/ for a bucket).
