@@ -123,7 +123,7 @@ def token_head(tmp_path):
         env=head_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + 240  # a loaded machine (the session cluster beside it) starts the dashboard slowly
         while True:  # ready when the job API answers an authenticated request
             try:
                 if _get(f"{url}/api/jobs/", token)[0] == 200:

@@ -37,8 +37,11 @@ class ConfigError(VggbnError, ValueError):
         self.unknown_key = unknown_key  # set when the problem is a key TrialConfig does not have
 
 
-class SpecError(VggbnError, ValueError):
+class SweepSpecError(VggbnError, ValueError):
     """A sweep file that cannot run: names the file, the key path and what is wrong."""
+
+
+SpecError = SweepSpecError  # the short name inside vggbn; tracebacks keep the public name
 
 
 class StorageError(VggbnError, ValueError):

@@ -30,7 +30,7 @@ from vggbn.uri import join, problem
 MAX_TRIALS = 100_000  # a sweep larger than this is a typo (num_samples: 1e9), not a study
 
 
-SweepSpecError = SpecError  # the name the public API has always had
+SweepSpecError = SpecError  # the public name (vggbn.SweepSpecError)
 
 
 class BaseFrom(BaseModel):
