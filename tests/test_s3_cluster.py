@@ -291,7 +291,8 @@ def test_s3_sweep_survives_a_lost_node_and_a_killed_driver_and_reports_from_the_
     assert w1.node_id not in set(e.loc[(e["trial_id"] == a) & (e["epoch"] > restored), "node_id"])
     # the driver's kill: epochs trained again after the resume (Ray's experiment state, uploaded
     # every TUNE_GLOBAL_CHECKPOINT_S, may name a checkpoint older than the newest in the bucket)
-    after = {tid: {r["epoch"] for r in rs if r["timestamp"] > t_kill} for tid, rs in staged(session, "smoke", earlier).items()}
+    after = {tid: {r["epoch"] for r in rs if r["timestamp"] > t_kill}
+             for tid, rs in staged(session, "smoke", earlier).items()}
     redone_kill = {tid: sorted(ep & {r["epoch"] for r in first.get(tid, [])}) for tid, ep in after.items()}
     print(f"\nS3 cluster figures: {len(t)} of 4 trials completed, {len(e)} epoch rows, no duplicates; node loss: "
           f"trial {a} lost at epoch {old[-1]['epoch']} on the removed worker, resumed from its checkpoint at "
