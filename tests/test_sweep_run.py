@@ -21,17 +21,6 @@ from vggbn.spec.model import SweepSpec
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture
-def ray_local():
-    """A fresh local Ray per test; workers see this test's cache dirs."""
-    import ray
-
-    env = {k: os.environ[k] for k in ("VGGBN_CACHE_DIR", "VGGBN_DATA_DIR")}
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-             runtime_env={"env_vars": env})
-    yield
-    ray.shutdown()
-
 
 def spec_of(tmp_path, **kw) -> SweepSpec:
     raw = {"name": "t", "storage": str(tmp_path / "results"),
