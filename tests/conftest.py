@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -151,6 +152,9 @@ def vggbn_main(*args, env=None, cwd=None, **_) -> subprocess.CompletedProcess:
             os.chdir(here)
             if threads is not None:
                 torch.set_num_threads(threads)
+            # urlopen builds its global opener once, with the proxies of that moment: a command
+            # run here with a test's http_proxy would leave every later urlopen going through it
+            urllib.request.install_opener(None)
     if _ray_initialized() and not ray_before:  # it would stay in this process for every later test
         import ray
 

@@ -89,10 +89,13 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a head on 127.0.0.1: no proxy
+
+
 def _get(url: str, token: str | None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with _DIRECT.open(req, timeout=5) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -123,15 +126,20 @@ def token_head(tmp_path):
         env=head_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     try:
-        deadline = time.time() + 240  # a loaded machine (the session cluster beside it) starts the dashboard slowly
+        deadline = time.time() + 90
+        last = None
         while True:  # ready when the job API answers an authenticated request
             try:
-                if _get(f"{url}/api/jobs/", token)[0] == 200:
+                last = _get(f"{url}/api/jobs/", token)
+                if last[0] == 200:
                     break
-            except OSError:
-                pass
+            except OSError as e:
+                last = e
             assert proc.poll() is None, f"ray start exited {proc.returncode}: {(root / 'head.log').read_text()[-3000:]}"
-            assert time.time() < deadline, f"no job API at {url}: {(root / 'head.log').read_text()[-3000:]}"
+            dash = next(root.glob("ray/session_*/logs/dashboard.log"), None)
+            assert time.time() < deadline, (f"no job API at {url} (last answer: {last!r}): "
+                                            f"{(root / 'head.log').read_text()[-1500:]}\ndashboard.log: "
+                                            f"{dash.read_text()[-3000:] if dash else 'none'}")
             time.sleep(0.2)
         yield url, token, {**base, "HOME": str(root / "home-client")}
     finally:
