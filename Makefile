@@ -14,9 +14,13 @@ $(BIN)/vggbn: pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	@touch $@
 
+# Two pytest-xdist workers (TEST_JOBS=0: one process), a module each at a time (module fixtures
+# run once), the modules with the most Ray runs first (tests/conftest.py)
+TEST_JOBS ?= 2
+
 test: $(BIN)/vggbn
 	$(BIN)/lint-imports  # the layer contracts in pyproject.toml (docs/architecture.md)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 
 # The inner loop: no Ray, no subprocess sweeps (the `ray` and `slow` markers, tests/conftest.py)
 test-fast: $(BIN)/vggbn

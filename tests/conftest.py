@@ -1,5 +1,6 @@
 import contextlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ DATA = Path(__file__).resolve().parent / "data"
 # fixtures that start Ray or stand on an experiment a Ray sweep made: their tests are marked `ray`
 # (make test-fast leaves them out); a test that starts a `vggbn sweep` of its own says @pytest.mark.ray
 RAY_FIXTURES = {"smoke_run", "ray_cluster", "cluster", "ray_address", "ray_local"}
+RAY_COMMANDS = {"sweep", "resume", "extend", "landscape"}  # the commands that start or join a Ray
 
 
 _RUN: dict = {}
@@ -28,10 +30,23 @@ def pytest_sessionstart(session):
     _RUN["session"] = session
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _RUN["item"] = item  # before its fixtures: a module fixture's commands count for this test
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)
+    # The modules with the most Ray runs of their own (the longest) first: `make test`'s xdist
+    # workers take a module each as they come free, so a long one started last would leave the
+    # other worker idle. Reading the shared smoke_run is not a run of one's own.
+    runs: dict[str, int] = {}
+    for item in items:
+        own = bool(item.get_closest_marker("ray")) and "smoke_run" not in getattr(item, "fixturenames", ())
+        runs[item.module.__name__] = runs.get(item.module.__name__, 0) + own
+    items.sort(key=lambda item: -runs[item.module.__name__])  # stable: each module's own order kept
 
 
 @pytest.hookimpl(trylast=True)
@@ -81,8 +96,14 @@ def tiny(**kw):
 
 def vggbn(*args, env=None, timeout=540, cwd=None, **kw) -> subprocess.CompletedProcess:
     """The `vggbn` command, as a user runs it (in a fresh process; never in the repository)."""
-    return subprocess.run([sys.executable, "-m", "vggbn", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd, **kw)
+    r = subprocess.run([sys.executable, "-m", "vggbn", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd, **kw)
+    argv = [str(a) for a in args]
+    item = _RUN.get("item")
+    if (r.returncode == 0 and argv and argv[0] in RAY_COMMANDS and "--dry-run" not in argv and item is not None
+            and item.get_closest_marker("ray") is None):  # make test-fast would run this Ray
+        raise AssertionError(f"`vggbn {' '.join(argv)}` ran Ray: mark {item.nodeid} @pytest.mark.ray")
+    return r
 
 
 @contextlib.contextmanager
@@ -248,11 +269,23 @@ def ray_local(ray_address):
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
-    """sweeps/smoke.yaml run once per test session with `vggbn sweep` (4 trials on a local Ray).
-    Tests read it; a test that changes files works on `smoke_copy`."""
-    root = tmp_path_factory.mktemp("smoke")
-    env = {"VGGBN_CACHE_DIR": str(root / "cache"), "VGGBN_DATA_DIR": str(root / "datasets")}
-    r = vggbn("sweep", SWEEPS / "smoke.yaml", "--set", f"storage={root}", env=env)
+    """sweeps/smoke.yaml run once per test run with `vggbn sweep` (4 trials on a local Ray), shared
+    by the run's pytest-xdist workers (the first to need it runs it under a file lock; the others
+    read what it left). Tests read it; a test that changes files works on `smoke_copy`."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's directory, above each worker's own
+    root, done = base / "smoke-run", base / "smoke-run.json"
+    with FileLock(str(base / "smoke-run.lock")):
+        if not done.is_file():
+            root.mkdir()
+            env = {"VGGBN_CACHE_DIR": str(root / "cache"), "VGGBN_DATA_DIR": str(root / "datasets")}
+            r = vggbn("sweep", SWEEPS / "smoke.yaml", "--set", f"storage={root}", env=env)
+            done.write_text(json.dumps({"args": r.args, "returncode": r.returncode, "stdout": r.stdout,
+                                        "stderr": r.stderr}))
+        r = subprocess.CompletedProcess(**json.loads(done.read_text()))
     assert r.returncode == 0, r.stderr[-3000:]
     return root / "smoke", r
 

@@ -101,6 +101,7 @@ def _single_process():
     return result, final["model"]
 
 
+@pytest.mark.ray
 def test_two_workers_match_one_process_on_the_same_global_batch(killed_run):
     """No BN, no dropout: DDP's mean of two half-batch gradients is the global batch's gradient, so
     the parameters and losses agree with one process up to float32 summation order, across the
@@ -208,6 +209,7 @@ def test_resources_count_every_worker(tmp_path):
     assert "1 CPU + 0 GPU each" in dry_run(load_spec(_spec(tmp_path, cpu=1)))  # one process: as before
 
 
+@pytest.mark.ray
 def test_a_worker_group_larger_than_the_machine_is_refused(tmp_path):
     """On a local Ray, a trial whose workers need more CPUs than the machine has would wait forever:
     exit 2 after Ray starts, the claim given back."""

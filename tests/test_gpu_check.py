@@ -87,6 +87,7 @@ def test_gpu_check_refuses_without_cuda():
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_gpu_check_dry_run_on_cpu_prints_the_table():
     """The same code path as on a GPU, tiny, on the CPU: single runs, 1/2/4 packed processes and
     an over-budget trial that errors alone with the out-of-memory line (under a host-memory cap)."""

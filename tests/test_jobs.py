@@ -25,7 +25,7 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.ray]  # a real `ray start --head`
 BIN = Path(sys.executable).parent  # the `ray` and `vggbn` commands of this environment
 
 

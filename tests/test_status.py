@@ -97,6 +97,7 @@ def kill_tree(proc: subprocess.Popen) -> None:
     assert not alive, alive
 
 
+@pytest.mark.ray
 def test_status_of_a_killed_sweep_and_its_progress_lines(tmp_path):
     spec = {"name": "killed", "storage": str(tmp_path), "metric": "test_acc", "base": tiny(cpu_threads=0),
             "space": {"seed": {"grid": list(range(6))}}, "resources": {"cpu": 1}}

@@ -167,9 +167,10 @@ def _terminated_in_snapshot(exp: Path) -> set[str]:
     return set()
 
 
+@pytest.mark.ray
 def test_driver_killed_then_resume_completes_without_rerunning(tmp_path):
     spec = {"name": "killme", "storage": str(tmp_path), "metric": "test_acc",
-            "base": tiny(synthetic_size=4096, width=0.125, epochs=4, cpu_threads=0),
+            "base": tiny(synthetic_size=2048, width=0.125, epochs=4, cpu_threads=0),
             "space": {"seed": {"grid": list(range(10))}}, "resources": {"cpu": 1}}
     path = tmp_path / "killme.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -72,6 +72,7 @@ def _history(epochs: pd.DataFrame, trial_id: str, metric: str) -> list[tuple[int
     return list(zip(e["epoch"].astype(int), e[metric].astype(float)))
 
 
+@pytest.mark.ray
 def test_mlflow_has_one_run_per_trial_with_params_tags_and_epoch_metrics(tracked):
     root, before = tracked
     trials, epochs = _export(root)
@@ -117,6 +118,7 @@ def _item_key(item) -> str:
     return item.key or "/".join(item.nested_key)  # wandb-core writes history keys as nested_key
 
 
+@pytest.mark.ray
 def test_wandb_offline_runs_hold_each_trials_config_and_metrics(tracked):
     import json
 
@@ -154,6 +156,7 @@ def _tb_events(trial_dir: Path):
             pos += 12 + n + 4
 
 
+@pytest.mark.ray
 def test_tensorboard_has_per_epoch_scalars_and_one_hparams_column_set(tracked):
     from tensorboardX.proto import plugin_hparams_pb2
 

@@ -116,6 +116,7 @@ def test_bf16_autocast_on_cpu_trains():
     assert r["test_acc"] > 0.6 and not r["diverged"]
 
 
+@pytest.mark.slow
 def test_real_fashion_mnist_one_epoch(fmnist_dir):
     """vgg_a_bn, width 0.25, the default (strong) recipe, one epoch of real Fashion-MNIST."""
     r = fit({"preset": "vgg_a_bn", "dataset": "fashion_mnist", "data_dir": str(fmnist_dir),
