@@ -270,7 +270,8 @@ def init(bucket: str, ssh_cidr: str, *, out: str | Path, region: str | None = No
 
     log: list[str] = []
     with aws_errors():
-        ec2, iam = boto3.client("ec2", region_name=region), boto3.client("iam", region_name=region)
+        aws = boto3.session.Session(region_name=region)  # the environment's credentials now, not cached ones
+        ec2, iam = aws.client("ec2"), aws.client("iam")
         sg = _group(ec2, _vpc(ec2, template, region), f"{name}-cluster", cidr, name, log)
         worker_role = _role(iam, f"{name}-worker", worker_policy(bucket), name, log)
         start_stop = bool(template["provider"].get("cache_stopped_nodes", True))  # Ray's default: True
@@ -305,7 +306,8 @@ def delete(*, region: str | None = None, name: str = "vggbn", config: str | Path
     region = region or load_template(config)["provider"].get("region")
     log: list[str] = []
     with aws_errors():
-        ec2, iam = boto3.client("ec2", region_name=region), boto3.client("iam", region_name=region)
+        aws = boto3.session.Session(region_name=region)  # the environment's credentials now, not cached ones
+        ec2, iam = aws.client("ec2"), aws.client("iam")
         for sg in ec2.describe_security_groups(Filters=[{"Name": f"tag:{TAG}", "Values": [name]}])["SecurityGroups"]:
             try:
                 ec2.delete_security_group(GroupId=sg["GroupId"])

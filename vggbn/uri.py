@@ -132,7 +132,9 @@ def s3_client(uri: str):
         kw["region_name"] = q["region"][0]
     if u.username and u.password:
         kw.update({"aws_access_key_id": u.username, "aws_secret_access_key": u.password})
-    return boto3.client("s3", **kw)
+    # a session of its own: boto3's default one keeps the credentials it first found (a process
+    # that ran under others, a notebook whose environment changed since, would use those)
+    return boto3.session.Session().client("s3", **kw)
 
 
 def where(uri: str) -> str:
