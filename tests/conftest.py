@@ -311,3 +311,36 @@ def wait_for(cond, what: str, *, proc=None, seen=None, timeout: float = 240):
             raise AssertionError(f"the command ended before {what}: {proc.stderr.read()[-3000:]}")
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}" + (f": {seen()}" if seen else ""))
+
+
+# ---------------------------------------------------------------------- object storage
+@pytest.fixture
+def s3(tmp_path, monkeypatch):
+    """moto's S3 server on 127.0.0.1 with a fresh bucket; credentials from the environment, no
+    AWS config files, no AWS_ENDPOINT_URL (a test that wants it sets it)."""
+    moto_server = pytest.importorskip("moto.server")
+    import logging
+    import uuid
+
+    import boto3
+
+    monkeypatch.setattr(logging.getLogger("werkzeug"), "level", logging.ERROR)  # no line per request
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+                 "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+                 "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials")}.items():
+        monkeypatch.setenv(k, v)
+    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "RAY_ADDRESS"):
+        monkeypatch.delenv(k, raising=False)
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint)
+    bucket = f"vggbn-{uuid.uuid4().hex[:10]}"  # moto's state lives as long as this process
+    client.create_bucket(Bucket=bucket)
+    try:
+        yield SimpleNamespace(endpoint=endpoint, client=client, bucket=bucket,
+                              query=f"endpoint_override={host}:{port}&scheme=http")
+    finally:
+        server.stop()

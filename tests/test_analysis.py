@@ -11,7 +11,7 @@ from scipy import stats
 
 from analysis import plots, table
 from analysis.results import label_variants, status_counts
-from conftest import vggbn
+from conftest import vggbn, vggbn_main
 from vggbn.config import TrialConfig
 
 ACC = {  # preset -> (status, final test_acc) per seed
@@ -182,12 +182,13 @@ def smoke_dir(smoke_run):
 
 
 def report(*args):
-    return vggbn("report", *args, timeout=300)
+    """`vggbn report` in this process (test_report_end_to_end_on_the_smoke_sweep runs the real one)."""
+    return vggbn_main("report", *args)
 
 
 def test_report_end_to_end_on_the_smoke_sweep(smoke_dir, tmp_path):
     out = tmp_path / "rep"
-    r = report(str(smoke_dir), "--out", str(out))
+    r = vggbn("report", str(smoke_dir), "--out", str(out), timeout=300)
     assert r.returncode == 0, r.stderr
     md = (out / "report.md").read_text()
     assert "bn=False" in md and "bn=True" in md and "(baseline)" in md

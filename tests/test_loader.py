@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from analysis.results import FRAMES, ResultsError, load
-from conftest import REPO, vggbn
+from conftest import REPO, vggbn_main
 from test_bad_input import assert_user_error
-from test_s3_cluster import s3, upload  # noqa: F401  (the moto S3 server fixture)
+from test_s3_cluster import upload  # the moto S3 server fixture `s3`: conftest
 from vggbn.schema import STATUSES
 
 EXPORT = ("trials.parquet", "epochs.parquet", "steps.parquet", "probes.parquet", "spec.yaml")
@@ -163,7 +163,7 @@ def test_a_column_that_does_not_fit_its_type_is_refused_with_the_fix(smoke_run, 
     with pytest.raises(ResultsError, match=rf"{re.escape(str(d / 'epochs.parquet'))}: column epoch: .*"
                                            r"a number was expected\)\.\nFix: `vggbn export"):
         load(d)
-    assert_user_error(vggbn("report", d, timeout=120), "column epoch")  # exit 2, one message, no traceback
+    assert_user_error(vggbn_main("report", d), "column epoch")  # exit 2, one message, no traceback
     with pytest.raises(ResultsError, match=r"no sweep directory given.\nFix: load\('results/NAME'\)"):
         load()
 

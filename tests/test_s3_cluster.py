@@ -12,53 +12,21 @@ to name the endpoint, and the errors people see for a bucket that is not there, 
 nothing, no trials.parquet, an unreachable endpoint, denied access and no credentials.
 """
 import json
-import logging
 import os
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from conftest import DATA, SWEEPS, vggbn, wait_for
+from conftest import DATA, SWEEPS, vggbn, vggbn_main, wait_for
 from test_bad_input import assert_user_error
 
 pytestmark = pytest.mark.timeout(600)
 OLD = DATA / "exp_08213c0" / "smoke"  # a finished smoke experiment (tests/data/make_exp_08213c0.sh)
-
-
-@pytest.fixture
-def s3(tmp_path, monkeypatch):
-    """moto's S3 server on 127.0.0.1 with a fresh bucket; credentials from the environment, no
-    AWS config files, no AWS_ENDPOINT_URL (a test that wants it sets it)."""
-    moto_server = pytest.importorskip("moto.server")
-    import boto3
-
-    monkeypatch.setattr(logging.getLogger("werkzeug"), "level", logging.ERROR)  # no line per request
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
-                 "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
-                 "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials")}.items():
-        monkeypatch.setenv(k, v)
-    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "RAY_ADDRESS"):
-        monkeypatch.delenv(k, raising=False)
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint)
-    bucket = f"vggbn-{uuid.uuid4().hex[:10]}"  # moto's state lives as long as this process
-    client.create_bucket(Bucket=bucket)
-    try:
-        yield SimpleNamespace(endpoint=endpoint, client=client, bucket=bucket,
-                              query=f"endpoint_override={host}:{port}&scheme=http")
-    finally:
-        server.stop()
 
 
 def upload(s3, local: Path, prefix: str, only: tuple[str, ...] = ()) -> None:
@@ -243,8 +211,12 @@ def test_s3_sweep_survives_a_lost_node_and_a_killed_driver_and_reports_from_the_
             proc.kill()
     assert "trials.parquet" not in keys(s3, "sweeps/smoke/"), log.read_text()[-3000:]
 
-    r = vggbn("resume", exp, "--address", cluster.address, env={"TUNE_GLOBAL_CHECKPOINT_S": "1"}, cwd=tmp_path,
-              timeout=400)
+    # the killed driver's lease is fresh (its last heartbeat seconds ago): refused, naming it, until
+    # it goes stale or the user, who knows that driver is dead, takes it over
+    r = vggbn_main("resume", exp, cwd=tmp_path)
+    assert r.returncode == 2 and f"pid {proc.pid}" in r.stderr and "--take-over" in r.stderr, r.stderr[-2000:]
+    r = vggbn("resume", exp, "--take-over", "--address", cluster.address, env={"TUNE_GLOBAL_CHECKPOINT_S": "1"},
+              cwd=tmp_path, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "4 trials (4 completed)" in r.stdout, r.stdout[-3000:]
     t_resumed = time.time()

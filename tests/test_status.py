@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import tiny, vggbn, wait_for
+from conftest import tiny, vggbn, vggbn_main, wait_for
 from vggbn import progress
 from vggbn.cli import main
 from vggbn.sweep.status import status, status_text
@@ -32,7 +32,7 @@ def sha256s(root: Path) -> dict[str, str]:
 
 
 def status_json(path) -> dict:
-    r = vggbn("status", path, "--json", timeout=120)
+    r = vggbn_main("status", path, "--json")  # the real process: test_status_of_the_finished_smoke_run
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout)
 

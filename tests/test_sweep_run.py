@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import tiny, vggbn
+from conftest import tiny, vggbn, vggbn_main
 from test_data import fake_fmnist
 from vggbn.config import TrialConfig
 from vggbn.schema import EPOCH_METRICS
@@ -64,7 +64,7 @@ def test_smoke_sweep_end_to_end(smoke_run, tmp_path):
 def test_export_again_and_fill_epochs_ray_lost(smoke_copy):
     exp = smoke_copy
     epochs = pd.read_parquet(exp / "epochs.parquet")
-    ex = vggbn("export", exp)
+    ex = vggbn_main("export", exp)  # the real process: test_experiment.py
     assert ex.returncode == 0 and "4 trials" in ex.stdout
     pd.testing.assert_frame_equal(pd.read_parquet(exp / "epochs.parquet"), epochs)
     # results Ray lost (a node dying between a report and the driver's log) come back from the
@@ -74,7 +74,7 @@ def test_export_again_and_fill_epochs_ray_lost(smoke_copy):
         f = exp / f"trial_{tid}" / name
         lines = f.read_text().splitlines(keepends=True)
         f.write_text("".join(lines[:-2] + lines[-1:]))  # drop epoch 2 of 3
-    assert vggbn("export", exp).returncode == 0
+    assert vggbn_main("export", exp).returncode == 0
     again = pd.read_parquet(exp / "epochs.parquet")
     assert len(again) == 12 and sorted(again.loc[again["trial_id"] == tid, "epoch"]) == [1, 2, 3]
     cols = [c for c in EPOCH_METRICS if c in epochs]
@@ -132,16 +132,15 @@ def test_one_bad_trial_config_errors_that_trial_alone(tmp_path, ray_local, monke
 
 def test_dataset_prepared_once_by_four_concurrent_trials(tmp_path, ray_local):
     d = fake_fmnist(tmp_path / "fm", n_train=2000, n_test=200)
-    spec = spec_of(tmp_path, resources={"cpu": 0.5},
-                   base={"recipe": "seed", "dataset": "fashion_mnist", "data_dir": str(d), "width": 0.0625,
-                         "batch_size": 256, "epochs": 1, "device": "cpu"},
-                   space={"seed": {"grid": [0, 1, 2, 3]}})
+    base = {"recipe": "seed", "dataset": "fashion_mnist", "data_dir": str(d), "width": 0.0625,
+            "batch_size": 256, "epochs": 1, "device": "cpu"}
+    spec = spec_of(tmp_path, resources={"cpu": 0.5}, base=base, space={"seed": {"grid": [0, 1, 2, 3]}})
     summary = run_sweep(spec, prepare=False)  # no driver preparation: the trials race for it
     assert summary["status"] == {"completed": 4}
     log = (Path(os.environ["VGGBN_CACHE_DIR"]) / "prepare.log").read_text().splitlines()
     assert len(log) == 1 and "fashion_mnist" in log[0]
-    # with the driver preparing first, the trials only read the cache
-    run_sweep(spec.model_copy(update={"name": "t2"}))
+    # with the driver preparing first (here: finding the cache), a trial only reads the cache
+    run_sweep(spec_of(tmp_path, name="t2", base=base, space={"seed": {"grid": [0]}}))
     assert len((Path(os.environ["VGGBN_CACHE_DIR"]) / "prepare.log").read_text().splitlines()) == 1
 
 

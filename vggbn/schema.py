@@ -19,6 +19,8 @@ STATUSES = ("completed", "early_stopped", "diverged", "errored", "incomplete")
 # an experiment directory <storage>/<name>/
 SPEC_FILE = "spec.yaml"                  # the validated spec as run (read back as data)
 CLAIM_FILE = "vggbn-claim.json"          # one experiment directory = one sweep
+LEASE_FILE = "vggbn-lease.json"          # who runs the experiment now (store/lease.py)
+LEASE_LOCK = "vggbn-lease.lock"          # its OS lock on local disk
 TRIAL_DIR = "trial_{trial_id}"           # Ray's trial directories (trial_dirname_creator)
 TRIAL_CONFIG_FILE = "vggbn-config.json"  # the trial's resolved TrialConfig, written once at its start
 TRIAL_ERROR_FILE = "vggbn-error.json"    # a deterministic failure (out of memory, invalid config)

@@ -1,11 +1,12 @@
-"""Test-side hold points for tests/test_distributed.py, loaded by every Python process of a sweep
-that the test starts with this folder first on PYTHONPATH (CPython imports `sitecustomize` at
+"""Test-side hold points for tests/test_distributed.py and tests/test_lease.py, loaded by every
+Python process of a sweep that the test starts with this folder first on PYTHONPATH (CPython imports `sitecustomize` at
 start-up; a local Ray's workers inherit the driver's environment).
 
 Off unless VGGBN_TEST_HOLD_DIR is set. Then, in a data-parallel worker (torch.distributed is up
-when fit() is called), `vggbn.train.fit` is wrapped as the module loads: as a rank starts an epoch
-(at fit's start, and after each on_epoch) it writes rank<r>.json (its pid, the epoch) in that
-folder and waits while hold-epoch-<epoch> exists there, so the test kills a worker at a known
+when fit() is called; with VGGBN_TEST_HOLD_SINGLE set, in any trial), `vggbn.train.fit` is wrapped
+as the module loads: as a rank starts an epoch (at fit's start, and after each on_epoch) it writes
+rank<r>.json (pid<pid>.json for a single-process trial: its pid, the epoch) in that folder and
+waits while hold-epoch-<epoch> exists there, so the test kills a worker at a known
 point without timing guesses. Nothing in vggbn knows about it.
 """
 
@@ -17,13 +18,14 @@ import time
 from pathlib import Path
 
 HOLD_DIR_ENV = "VGGBN_TEST_HOLD_DIR"
+SINGLE_ENV = "VGGBN_TEST_HOLD_SINGLE"  # set: single-process trials are held too (their note: pid<pid>.json)
 TARGET = "vggbn.train"
 
 
-def _note(where: Path, rank: int, epoch: int) -> None:
-    tmp = where / f".rank{rank}.json.tmp"
+def _note(where: Path, rank: str, epoch: int) -> None:
+    tmp = where / f".{rank}.json.tmp"
     tmp.write_text(json.dumps({"pid": os.getpid(), "epoch": epoch}))
-    os.replace(tmp, where / f"rank{rank}.json")  # the test never reads half a note
+    os.replace(tmp, where / f"{rank}.json")  # the test never reads half a note
     hold = where / f"hold-epoch-{epoch}"
     while hold.exists():
         time.sleep(0.05)
@@ -33,9 +35,12 @@ def _held(fit, where: Path):
     def held_fit(cfg, on_epoch=None, resume_state=None, **kw):
         import torch.distributed as td
 
-        if not (td.is_available() and td.is_initialized()):  # the driver, a single-process trial
+        if td.is_available() and td.is_initialized():
+            rank = f"rank{td.get_rank()}"
+        elif os.environ.get(SINGLE_ENV):
+            rank = f"pid{os.getpid()}"
+        else:  # a single-process trial where only the workers are held
             return fit(cfg, on_epoch, resume_state, **kw)
-        rank = td.get_rank()
         _note(where, rank, (resume_state or {}).get("epoch", 0) + 1)
 
         def on_epoch_then_note(metrics, state):

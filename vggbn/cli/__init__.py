@@ -25,6 +25,8 @@ from vggbn.sweep.ray_compat import run_exit_handlers
 __all__ = ["build_parser", "main", "run", "exit_without_teardown", "parse_sets", "EXIT_USAGE"]
 
 EXIT_USAGE = 2
+TAKE_OVER = ("object storage: take the experiment's lease over from a driver you know is dead (its "
+             "machine is gone) without waiting for its heartbeat to go stale")
 ADDRESS = "an existing Ray cluster (default: $RAY_ADDRESS, else local)"
 SWEEP_DIR = "the sweep's directory, e.g. results/quick"
 
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a spec key: base.epochs=3, resources.gpu=0.5, storage=s3://b/p")
     sw.add_argument("--dry-run", action="store_true", help="list the trials; do not start Ray")
     sw.add_argument("--address", help=ADDRESS)
+    sw.add_argument("--take-over", action="store_true", help=TAKE_OVER + " (with --resume)")
     sw.add_argument("--resume", action="store_true",
                     help="if this spec's experiment exists already (wherever its storage is), resume it")
     sw.add_argument("--report", action="store_true",
@@ -65,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("resume", help="continue an interrupted sweep, then export")
     rs.add_argument("path", help=SWEEP_DIR)
     rs.add_argument("--address", help=ADDRESS)
+    rs.add_argument("--take-over", action="store_true", help=TAKE_OVER)
     rs.set_defaults(func=cmd_resume)
 
     xt = sub.add_parser("extend", help="more seeds or variants for a finished (or interrupted) grid "
@@ -73,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     xt.add_argument("--set", action="append", metavar="PATH=VALUE", required=True,
                     help="what to add: space.seed.grid=[0,1,2,3], space.preset.grid=[...], seeds.max=8")
     xt.add_argument("--address", help=ADDRESS)
+    xt.add_argument("--take-over", action="store_true", help=TAKE_OVER)
     xt.set_defaults(func=cmd_extend)
 
     ex = sub.add_parser("export", help="write trials/epochs/steps.parquet for a sweep directory")

@@ -28,7 +28,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.resume and exp.has_ray_state():
         print(f"{exp.uri} holds this sweep already: resuming it", file=sys.stderr)
-        summary = resume_sweep(exp.uri, address=args.address)
+        summary = resume_sweep(exp.uri, address=args.address, take_over=args.take_over)
     else:
         summary = run_sweep(spec, address=args.address)
     print(summary_text(summary))
@@ -44,7 +44,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from vggbn.sweep.export import summary_text
     from vggbn.sweep.runner import resume_sweep
 
-    print(summary_text(resume_sweep(args.path, address=args.address)))
+    print(summary_text(resume_sweep(args.path, address=args.address, take_over=args.take_over)))
     return 0
 
 
@@ -54,7 +54,7 @@ def cmd_extend(args: argparse.Namespace) -> int:
     from vggbn.sweep.export import summary_text
     from vggbn.sweep.runner import extend_sweep
 
-    print(summary_text(extend_sweep(args.path, sets, address=args.address)))
+    print(summary_text(extend_sweep(args.path, sets, address=args.address, take_over=args.take_over)))
     return 0
 
 

@@ -21,6 +21,7 @@ from vggbn.schema import TRIAL_DIR
 from vggbn.spec import pbt
 from vggbn.spec.model import CASE_KEY, SweepSpec
 from vggbn.store.experiment import Experiment
+from vggbn.store.lease import Lease
 from vggbn.sweep import callbacks, ray_compat, schedulers, search
 from vggbn.sweep.callbacks import SweepProgress
 from vggbn.sweep.data_parallel import with_concurrency
@@ -146,7 +147,9 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, prepare: bool = Tr
     exp = Experiment(spec.experiment_path())
     callbacks.check(spec.tracking)  # a missing extra fails before anything is claimed
     exp.claim(spec.name)
+    lease = Lease(exp, "sweep")
     try:
+        lease.acquire()  # a `resume` started the moment the claim exists waits its turn
         check_ray(mlflow=bool(spec.tracking.mlflow), wandb=bool(spec.tracking.wandb))
         if prepare:
             spec = prepare_data(spec)
@@ -156,13 +159,17 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, prepare: bool = Tr
         exp.write_spec(spec.model_copy(update={"storage": exp.storage}))
         tuner = build_tuner(spec, exp)
     except BaseException:
+        lease.release()
         exp.release_claim()
         raise
-    t0 = time.time()
-    with _pending_trials(spec):
-        tuner.fit()
-    ray_compat.wait_for_final_upload()
-    return export(exp.uri, wall_time_s=time.time() - t0)
+    try:
+        t0 = time.time()
+        with _pending_trials(spec):
+            tuner.fit()
+        ray_compat.wait_for_final_upload()
+        return export(exp.uri, wall_time_s=time.time() - t0)
+    finally:
+        lease.release()
 
 
 @contextlib.contextmanager
@@ -179,11 +186,17 @@ def _pending_trials(spec: SweepSpec):
             os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
 
 
-def resume_sweep(path: str, *, address: str | None = None) -> dict:
+def resume_sweep(path: str, *, address: str | None = None, take_over: bool = False) -> dict:
     """Continue an interrupted sweep: finished trials stay, unfinished ones continue from their
     last checkpoint, errored ones are retried (from their checkpoint)."""
     exp = Experiment(path)
     spec = exp.spec()
+    with Lease(exp, "resume", take_over=take_over):
+        return _resume(exp, spec, address)
+
+
+def _resume(exp: Experiment, spec: SweepSpec, address: str | None) -> dict:
+    """resume_sweep's work, under the lease its caller holds."""
     if not exp.has_ray_state():
         raise ExperimentError(f"{exp.uri}: the sweep was claimed but no trial ever started (no "
                               f"experiment_state-*.json).", f"if that start is dead, delete "
@@ -210,7 +223,8 @@ def resume_sweep(path: str, *, address: str | None = None) -> dict:
     return export(exp.uri, wall_time_s=time.time() - t0)
 
 
-def extend_sweep(path: str, overrides: dict[str, Any], *, address: str | None = None) -> dict:
+def extend_sweep(path: str, overrides: dict[str, Any], *, address: str | None = None,
+                 take_over: bool = False) -> dict:
     """More seeds or more variants for a grid sweep: the spec gains them, finished trials stay,
     the new ones join the same experiment (and its table) through the plan searcher on resume."""
     exp = Experiment(path)
@@ -224,7 +238,8 @@ def extend_sweep(path: str, overrides: dict[str, Any], *, address: str | None = 
                               f"was run on Ray's own grid by a vggbn older than its plan searcher, "
                               f"commit 83b622c).", fix)
     new = extended_spec(old, overrides, exp.uri)  # plan/extend.py: --set, validated, an extension
-    if new.model_dump() != old.model_dump():
-        exp.write_spec(new.model_copy(update={"storage": exp.storage}))
-    # already extended (a resume that failed after the spec was written): this finishes it
-    return resume_sweep(exp.uri, address=address)
+    with Lease(exp, "extend", take_over=take_over):  # before the spec changes: not under a running resume
+        if new.model_dump() != old.model_dump():
+            exp.write_spec(new.model_copy(update={"storage": exp.storage}))
+        # already extended (a resume that failed after the spec was written): this finishes it
+        return _resume(exp, exp.spec(), address)

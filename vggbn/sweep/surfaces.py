@@ -17,6 +17,7 @@ from vggbn.schema import SCHEMA_VERSION, SURFACES, TRIALS
 from vggbn.store import checkpoint, trial_config
 from vggbn.store.experiment import Experiment, ExperimentError
 from vggbn.store.exports import write_export
+from vggbn.store.lease import Lease
 from vggbn.sweep.runner import init_ray
 
 
@@ -63,8 +64,6 @@ def _config(exp: Experiment, trial_id: str, ckpts: list[tuple[str, dict]], state
 def landscape(path: str, *, trial_ids: list[str] | None = None, resolution: int = 21,
               samples: int = 2048, seed: int = 0, address: str | None = None) -> dict:
     """Li et al. surfaces around the final checkpoint of each (chosen) trial."""
-    import pandas as pd
-
     exp = Experiment(path)
     exp.spec()  # a clear error when this is not a sweep directory
     trials, _ = exp.read_export(TRIALS)
@@ -75,6 +74,14 @@ def landscape(path: str, *, trial_ids: list[str] | None = None, resolution: int 
     unknown = sorted(set(trial_ids or []) - set(known))
     if unknown:
         raise ExperimentError(f"{exp.uri}: no trial {', '.join(unknown)} (trials: {', '.join(sorted(known))})")
+    with Lease(exp, "landscape"):  # its read-merge-write of surfaces.parquet: one driver at a time
+        return _surfaces(exp, known, trial_ids, resolution, samples, seed, address)
+
+
+def _surfaces(exp: Experiment, known: list[str], trial_ids: list[str] | None, resolution: int, samples: int,
+              seed: int, address: str | None) -> dict:
+    import pandas as pd
+
     map_chunks = None
     if address or os.environ.get("RAY_ADDRESS"):
         init_ray(address)
