@@ -160,3 +160,16 @@ def test_bad_case_is_rejected(tmp_path):
         load_spec(write(tmp_path, with_(cases=[{"lr": 0.1}, {"dropout": 3}])))
     with pytest.raises(SweepSpecError, match=r"cases\[0\]\.bn: also in space"):
         load_spec(write(tmp_path, with_(cases=[{"bn": True}])))
+
+
+def test_storage_expands_home_and_reads_file_uris_as_their_path(tmp_path, monkeypatch):
+    """storage=~/x is in the home directory, as data_dir=~/x is (not a directory named "~" here);
+    file:///abs and file://localhost/abs are that path."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    smoke = SWEEPS / "smoke.yaml"
+    assert load_spec(smoke, {"storage": "~/vggbn-results"}).experiment_path() == str(tmp_path / "home" / "vggbn-results"
+                                                                                     / "smoke")
+    for uri in (f"file://{tmp_path}/r", f"file://localhost{tmp_path}/r"):
+        assert load_spec(smoke, {"storage": uri}).experiment_path() == str(tmp_path / "r" / "smoke")
+    assert not (tmp_path / "~").exists()

@@ -11,6 +11,7 @@ joined before the query, which stays at the end. Without one, the usual AWS sett
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -58,20 +59,39 @@ def name(uri: str) -> str:
     return parent_and_name(uri)[1]
 
 
+# a local path that starts like a URI of a known kind is a typo of one, not a directory named "s3:"
+_SCHEME_LIKE = re.compile(r"^(?P<kind>[A-Za-z][A-Za-z0-9+.-]*):(?P<slashes>/*)(?P<rest>.*)$", re.S)
+
+
 def problem(uri: str) -> str | None:
     """What is wrong with a storage location's form (a local path, file://, s3://, gs://), or None.
     Looks at the string only (no network)."""
     if "://" not in uri:
+        m = _SCHEME_LIKE.match(uri)
+        if m and m["kind"].lower() in SCHEMES:
+            kind, rest = m["kind"].lower(), m["rest"]
+            meant = f"file:///{rest.lstrip('/')}" if kind == "file" else f"{kind}://{rest.lstrip('/') or 'BUCKET/PATH'}"
+            return f"not a URI ({kind}: needs two slashes) and not a local directory either: did you mean {meant}?"
         return None
     base, _ = split_query(uri)
     kind, rest = base.split("://", 1)
     if kind.lower() not in SCHEMES:
         return (f"scheme {kind}:// is not supported; use a local directory, file:///PATH, "
                 f"s3://BUCKET/PATH or gs://BUCKET/PATH")
-    if kind.lower() == "file" and not rest.strip("/"):
-        return f"no path in the URI; write {kind}:///PATH"
-    if kind.lower() != "file" and not rest.split("/", 1)[0].rpartition("@")[2]:
+    if kind.lower() == "file":
+        host = rest.split("/", 1)[0]
+        if not rest.strip("/"):
+            return f"no path in the URI; write {kind}:///PATH"
+        if host and host != "localhost":
+            return (f"{kind}://{host}/... names the host {host!r}, not a directory (a file URI's path starts "
+                    f"after three slashes): write {kind}:///ABSOLUTE/PATH, or {rest} for a relative directory")
+        return None
+    bucket, _, key = rest.partition("/")
+    if not bucket.rpartition("@")[2]:
         return f"no bucket in the URI; write {kind}://BUCKET/PATH"
+    if any(part in (".", "..") for part in key.split("/")):
+        return (f"'.' and '..' in an object key are not directories in a bucket (they would name another "
+                f"key, or none); write the key in full, e.g. {kind}://{bucket}/PATH")
     return None
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import yaml
 
-from vggbn.errors import ResultsError, UsageError
+from vggbn import yaml_input
+from vggbn.errors import ResultsError, UsageError, cut
 from vggbn.store.experiment import Experiment
 from vggbn.store.exports import ExportDir
 
@@ -22,9 +23,12 @@ def parse_sets(items: list[str] | None, where: str = "--set") -> dict[str, Any]:
         if not sep or not key.strip():
             raise UsageError(f"{where} {item!r} is not KEY=VALUE.", f"write e.g. {where} epochs=3")
         try:
-            parsed = yaml.safe_load(value) if value.strip() else None
+            parsed = yaml_input.load(value) if value.strip() else None
         except yaml.YAMLError:
             parsed = value
+        except yaml_input.TooBig as e:
+            raise UsageError(f"{where} {cut(item)}: the value is {e}.", f"give a plain value, e.g. {where} "
+                             f"{key.strip()}=3 or {key.strip()}=[1,2]") from None
         out[key.strip()] = parsed
     return out
 

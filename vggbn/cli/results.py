@@ -4,13 +4,32 @@ landscape's grid) are checked before analysis' pandas, matplotlib and scipy are 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 
 from vggbn.cli.inputs import exported
 from vggbn.errors import UsageError
-from vggbn.uri import join
+from vggbn.uri import join, normalize
+
+
+BYTES_PER_POINT = 1024  # a grid point's coordinates and its result row, in Python objects (measured ~0.7 KB)
+
+
+def _memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.target is not None and not (math.isfinite(args.target) and 0 < args.target <= 1):
+        hint = f"--target {args.target / 100:g}" if 1 < args.target <= 100 else "--target 0.8 (80 %)"
+        raise UsageError(f"--target {args.target}: an accuracy as a fraction in (0, 1].", f"e.g. {hint}")
+    seen: dict[str, str] = {}
+    for path in args.paths:
+        key = normalize(str(path))
+        if key in seen:
+            raise UsageError(f"{path}: named twice ({seen[key]} is the same experiment): its trials would count "
+                             f"twice.", "name each experiment once")
+        seen[key] = str(path)
     exported(args.paths)
     from analysis.report import write_report
 
@@ -24,6 +43,13 @@ def cmd_landscape(args: argparse.Namespace) -> int:
         raise UsageError(f"--resolution {args.resolution} / --samples {args.samples}: need a resolution of "
                          f"at least 2 points per axis and at least 1 sample.", "e.g. --resolution 21 "
                          "--samples 2048")
+    points = args.resolution ** 2 + args.resolution  # the 2D grid and the 1D axis (landscape.grid_points)
+    if points * BYTES_PER_POINT > _memory() // 4:
+        most = int((_memory() // 4 // BYTES_PER_POINT) ** 0.5)
+        raise UsageError(f"--resolution {args.resolution}: {points:,} grid points a trial would take about "
+                         f"{points * BYTES_PER_POINT / 2**30:,.0f} GiB here, over a quarter of this machine's "
+                         f"{_memory() / 2**30:.0f} GiB.", f"--resolution {min(most, 201)} or less (21 is the default; "
+                         f"Li et al. use 51)")
     exported([args.path])
     from analysis.report import landscape_figures
     from analysis.results import load

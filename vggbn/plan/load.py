@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from vggbn import yaml_input
 from vggbn.plan.earlier import read_warm_start, resolve_base_from
 from vggbn.spec.model import SweepSpec, SweepSpecError, parse_yaml, spec_errors
 
@@ -49,7 +50,10 @@ def read_text(path: Path) -> str:
         raise SweepSpecError(f"{path}: is a directory, not a sweep file.", "give a YAML file, e.g. "
                              "sweeps/quick.yaml (to continue an experiment: vggbn resume DIR)")
     try:
-        return path.read_bytes().decode("utf-8")
+        return yaml_input.read_bounded(path).decode("utf-8")
+    except yaml_input.TooBig as e:
+        raise SweepSpecError(f"{path}: {e}, not a sweep file (those are a few KB).", "give a YAML sweep "
+                             "file, e.g. sweeps/quick.yaml") from None
     except FileNotFoundError:
         raise SweepSpecError(f"{path}: no such sweep file.", "check the path (the shipped ones are in "
                              "sweeps/, e.g. sweeps/quick.yaml)") from None

@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from vggbn.config import TrialConfig, suggest
-from vggbn.errors import ConfigError, SpecError
+from vggbn import yaml_input
+from vggbn.errors import ConfigError, SpecError, cut
 from vggbn.schema import COSTS, METRICS, SCHEMA_VERSION
 from vggbn.spec.resources import Budget, Cost, Resources
 from vggbn.spec.scheduler import Scheduler, check_scheduler
 from vggbn.spec.space import Seeds, SpaceEntry, check_seeds, check_space
 from vggbn.spec.tracking import Tracking
 from vggbn.spec.workers import check_spec as check_workers
-from vggbn.uri import join, problem
+from vggbn.uri import join, normalize, problem
 
 MAX_TRIALS = 100_000  # a sweep larger than this is a typo (num_samples: 1e9), not a study
 
@@ -250,7 +250,7 @@ class SweepSpec(BaseModel):
         return self.variant_count() * seeds * self.num_samples
 
     def storage_uri(self) -> str:
-        return self.storage if "://" in self.storage else str(Path(self.storage).absolute())
+        return normalize(self.storage)  # ~ expanded as in data_dir, file:// as its path
 
     def experiment_path(self) -> str:  # <storage>/<name>, a URI's query (?endpoint_override=) kept at the end
         return join(self.storage_uri(), self.name)
@@ -274,9 +274,11 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
 def parse_yaml(text: str, where: str, fix: str) -> dict:
     """A sweep file's text as its mapping; a SweepSpecError (`where`, what is wrong, `fix`)."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml_input.load(text)
     except yaml.YAMLError as e:
-        raise SweepSpecError(f"{where}: not valid YAML: {' '.join(str(e).split())}", fix) from None
+        raise SweepSpecError(f"{where}: not valid YAML: {cut(e, 400)}", fix) from None
+    except yaml_input.TooBig as e:
+        raise SweepSpecError(f"{where}: not a sweep file vggbn reads ({e}).", fix) from None
     if not isinstance(raw, dict):
         what = "empty" if raw is None else {"list": "a list", "str": "plain text"}.get(
             type(raw).__name__, f"a {type(raw).__name__}")
@@ -296,6 +298,9 @@ def stored_spec(text: str, where: str) -> SweepSpec:
         raise SweepSpecError(f"{where}: not a spec vggbn can read ({spec_errors(e)}).", fix) from None
 
 
+MAX_ERRORS = 5  # problems listed in one message
+
+
 def spec_errors(e: ValidationError) -> str:
     """A SweepSpec's ValidationError in one line: each problem with its key path."""
     out = []
@@ -310,10 +315,13 @@ def spec_errors(e: ValidationError) -> str:
             out.append(f"{loc}: required")
         elif err["type"] == "string_pattern_mismatch" and len(err["loc"]) == 1:  # name: a/b
             field = SweepSpec.model_fields.get(str(err["loc"][0]))
-            out.append(f"{loc}: {err['input']!r} is not allowed"
+            out.append(f"{loc}: {cut(repr(err['input']))} is not allowed"
                        + (f" ({field.description})" if field and field.description else ""))
         else:
             out.append(f"{loc + ': ' if loc else ''}{msg}"
-                       + (f" (got {err['input']!r})" if loc and "input" in err
+                       + (f" (got {cut(repr(err['input']))})" if loc and "input" in err
                           and not isinstance(err["input"], dict) else ""))
-    return "; ".join(out)
+    # a message of a few lines whatever the input: each problem cut (a validator may quote a value),
+    # and the first few of a long list of them
+    more = f"; and {len(out) - MAX_ERRORS} more" if len(out) > MAX_ERRORS else ""
+    return "; ".join(cut(o, 400) for o in out[:MAX_ERRORS]) + more

@@ -16,9 +16,12 @@ within the same moment could both pass there.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -26,12 +29,22 @@ from typing import Any
 
 from vggbn import uri as storage
 from vggbn.config import TrialConfig
-from vggbn.errors import ExperimentError
+from vggbn.errors import ExperimentError, StorageError
 from vggbn.files import write_atomic
 from vggbn.schema import (CLAIM_FILE, SCHEMA_VERSION, SPEC_FILE, TRIAL_CONFIG_FILE, TRIAL_DIR, TRIAL_ERROR_FILE,
                           TRIALS)
 from vggbn.spec.model import SweepSpec, stored_spec
 from vggbn.store import exports
+
+
+FULL_BYTES = 1 << 20  # locally, less free than this after a failed run: the disk filled
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on its disk", errno.EDQUOT: "over its disk quota",
+                  errno.EROFS: "on a read-only filesystem", errno.EACCES: "not writable (permission denied)",
+                  errno.EPERM: "not writable (operation not permitted)"}
+STORAGE_FIX = {errno.ENOSPC: "free space there (or move the experiment directory to a bigger disk)",
+               errno.EDQUOT: "free space in your quota", errno.EROFS: "remount it read-write or move the experiment",
+               errno.EACCES: "give yourself write permission there",
+               errno.EPERM: "give yourself write permission there"}
 
 
 def normalize(path: str) -> str:
@@ -134,14 +147,43 @@ class Experiment:
         except (OSError, FileNotFoundError):
             return False
 
-    def listdir(self) -> list[str]:
-        """Names directly in the experiment directory ([] when it is unreadable or missing)."""
+    def listdir(self, sub: str = "") -> list[str]:
+        """Names directly in the experiment directory, or in its subdirectory `sub` ([] when it is
+        unreadable or missing)."""
         import pyarrow.fs as pafs
 
         try:
-            return [i.base_name for i in self.fs.get_file_info(pafs.FileSelector(self.root))]
+            return [i.base_name for i in self.fs.get_file_info(pafs.FileSelector(self.path(sub) if sub else self.root))]
         except (OSError, FileNotFoundError):
             return []
+
+    def failure(self, exc: BaseException) -> StorageError | None:
+        """The storage's part in a run that failed with `exc`, for people: a full disk, a quota, a
+        read-only or denied directory (an OSError anywhere in the exception's chain, or, locally,
+        no space left now). None when the storage is not why."""
+        code, seen, stack = None, set(), [exc]
+        while stack and code is None:
+            e = stack.pop()
+            if e is None or id(e) in seen:
+                continue
+            seen.add(id(e))
+            if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+                code = e.errno
+            stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        free = ""
+        if self.local:
+            with contextlib.suppress(OSError):
+                usage = shutil.disk_usage(self.root)
+                free = f" ({usage.free / 2**20:,.1f} MB free of {usage.total / 2**20:,.0f} MB)"
+                if code is None and usage.free < FULL_BYTES:
+                    code = errno.ENOSPC
+        if code is None:
+            return None
+        what = STORAGE_ERRNOS[code]
+        return StorageError(f"{self.uri}: {what}{free if code in (errno.ENOSPC, errno.EDQUOT) else ''}: the run "
+                            f"stopped; its trials, checkpoints and Ray's snapshot are kept (vggbn keeps a last good "
+                            f"copy of the snapshot).",
+                            f"{STORAGE_FIX[code]}, then `vggbn resume {self.uri}`: it continues the same trials")
 
     def has_ray_state(self) -> bool:
         return any(n.startswith("experiment_state") for n in self.listdir())

@@ -22,7 +22,7 @@ from vggbn.spec import pbt
 from vggbn.spec.model import CASE_KEY, SweepSpec
 from vggbn.store.experiment import Experiment
 from vggbn.store.lease import Lease
-from vggbn.sweep import callbacks, ray_compat, schedulers, search
+from vggbn.sweep import callbacks, ray_compat, schedulers, search, snapshots
 from vggbn.sweep.callbacks import SweepProgress
 from vggbn.sweep.data_parallel import with_concurrency
 from vggbn.sweep.export import export
@@ -163,13 +163,29 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, prepare: bool = Tr
         exp.release_claim()
         raise
     try:
-        t0 = time.time()
-        with _pending_trials(spec):
-            tuner.fit()
-        ray_compat.wait_for_final_upload()
-        return export(exp.uri, wall_time_s=time.time() - t0)
+        return _fit(exp, spec, tuner)
     finally:
         lease.release()
+
+
+def _fit(exp: Experiment, spec: SweepSpec, tuner) -> dict:
+    """The Tuner's run, then the export; a run the storage stopped (a full disk) is said as such."""
+    t0 = time.time()
+    try:
+        with _pending_trials(spec), snapshots.keeping_good(exp):
+            tuner.fit()
+        ray_compat.wait_for_final_upload()
+        summary = export(exp.uri, wall_time_s=time.time() - t0)
+    except Exception as e:  # noqa: BLE001  (Ray's own errors, after a trial's OSError, hide the cause)
+        why = exp.failure(e)
+        if why is None:
+            raise
+        raise why from None
+    if summary.get("status", {}).get("errored"):  # trials that errored on a full disk, the driver fine
+        why = exp.failure(RuntimeError())
+        if why is not None:
+            raise why
+    return summary
 
 
 @contextlib.contextmanager
@@ -203,8 +219,8 @@ def _resume(exp: Experiment, spec: SweepSpec, address: str | None) -> dict:
                               f"{exp.join('vggbn-claim.json')} and run `vggbn sweep` again")
     check_ray(mlflow=bool(spec.tracking.mlflow), wandb=bool(spec.tracking.wandb))
     callbacks.check(spec.tracking)  # Ray's tuner.pkl holds the callbacks: their packages
+    snapshots.check_before_restore(exp)  # a damaged snapshot: the last good copy, or a refusal
     init_ray(address)
-    t0 = time.time()
     try:
         path, fs = exp.ray_path()
         tuner = tune.Tuner.restore(path, trainable=_trainable(spec, exp), resume_unfinished=True,
@@ -217,10 +233,7 @@ def _resume(exp: Experiment, spec: SweepSpec, address: str | None) -> dict:
     for cb in ray_compat.restored_callbacks(tuner):  # the copies pickled at the start name where it was
         if isinstance(cb, (PlanSync, SweepProgress)):
             cb.relocate(exp.uri)
-    with _pending_trials(spec):
-        tuner.fit()
-    ray_compat.wait_for_final_upload()
-    return export(exp.uri, wall_time_s=time.time() - t0)
+    return _fit(exp, spec, tuner)
 
 
 def extend_sweep(path: str, overrides: dict[str, Any], *, address: str | None = None,

@@ -1,0 +1,81 @@
+"""Sweep files and --set values made to hurt (issue: an experiment that survives its users): each
+is refused in words, in this process, quickly, with a message of a few lines whatever the input's
+size, and nothing is written. The parser's bounds are vggbn/yaml_input.py's."""
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SWEEPS, vggbn_main
+from test_bad_input import assert_unchanged, assert_user_error, snapshot
+
+SMOKE = (SWEEPS / "smoke.yaml").read_text()
+LAUGHS = "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))  # 10^9 "lol"s
+ECHO = "description: &big [" + ", ".join(["xxxxxxxxxx"] * 2000) + "]\n"  # 2,000 values: under the bounds
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+CASES = {  # id: (the file's text or bytes, extra args, what the message must name)
+    "billion-laughs": (LAUGHS, [], ["aliases expand to over"]),
+    "alias-echo": (SMOKE + ECHO + "space: {seed: {grid: *big}}\n", ["--dry-run"], ["description"]),
+    "50-MB-value": (SMOKE + "description: " + "x" * (50 << 20) + "\n", ["--dry-run"], ["over 1 MB"]),
+    "deep-file": (SMOKE + f"space: {{seed: {{grid: {_nested(5000)}}}}}\n", ["--dry-run"], ["nested deeper than 64"]),
+    "deep-set": (SMOKE, ["--set", f"space.seed.grid={_nested(5000)}", "--dry-run"],
+                 ["--set space.seed.grid=", "nested deeper than 64"]),
+    "set-laughs": (SMOKE, ["--set", "base.epochs=" + LAUGHS.replace("\n", ", ").join("{}"), "--dry-run"],
+                   ["--set base.epochs="]),
+    "python-tag": (SMOKE + "description: !!python/object/apply:os.system [echo hi]\n", ["--dry-run"],
+                   ["not valid YAML"]),
+    "long-bad-value": (SMOKE.replace("metric: test_acc", "metric: " + "m" * 100_000), ["--dry-run"], ["metric"]),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", list(CASES))
+def test_hostile_sweep_input_is_refused_in_a_few_lines(tmp_path, case):
+    text, extra, names = CASES[case]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    before = snapshot(tmp_path)
+    t0 = time.monotonic()
+    r = vggbn_main("sweep", path, *extra, cwd=tmp_path)
+    took = time.monotonic() - t0
+    assert_user_error(r, *names)
+    assert len(r.stderr) < 2000, (len(r.stderr), r.stderr[:3000])  # the value is never printed whole
+    assert took < 20, took  # a hang is refused, not waited out (the limit is generous for load)
+    assert_unchanged(tmp_path, before)
+
+
+@pytest.mark.timeout(60)
+def test_a_device_as_sweep_file_is_not_read_whole(tmp_path):
+    r = vggbn_main("sweep", Path("/dev/zero"), "--dry-run", cwd=tmp_path)
+    assert_user_error(r, "/dev/zero", "over 1 MB")
+
+
+# ---------------------------------------------------------------------- options taken at their word
+OLD = Path(__file__).parent / "data" / "exp_08213c0" / "smoke"  # a finished experiment
+
+
+@pytest.mark.parametrize("value,hint", [("80", "--target 0.8"), ("-1", "--target 0.8 (80 %)"),
+                                        ("nan", "--target 0.8"), ("inf", "--target 0.8"), ("0", "--target 0.8")])
+def test_report_target_is_a_fraction(tmp_path, value, hint):
+    r = vggbn_main("report", OLD, "--target", value, "--out", tmp_path / "r")
+    assert_user_error(r, f"--target {float(value)}", "fraction in (0, 1]", hint)
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_of_one_experiment_named_twice_is_refused(tmp_path):
+    r = vggbn_main("report", OLD, str(OLD) + "/", "--out", tmp_path / "r")
+    assert_user_error(r, "named twice", "count twice")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_landscape_grid_past_memory_is_refused_before_anything_runs(tmp_path):
+    before = snapshot(OLD)
+    r = vggbn_main("landscape", OLD, "--resolution", "1000000", "--out", tmp_path / "f")
+    assert_user_error(r, "--resolution 1000000", "GiB", "--resolution")
+    assert_unchanged(OLD, before)
