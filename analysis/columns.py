@@ -54,7 +54,7 @@ FLOATS = {*METRICS, "lr", "final_lr", "epoch_time_s", "images_per_s", "gflops", 
           "best_test_acc", "best_val_acc", "time_total_s", "eta", "eta_mult", "base_loss", "loss",
           "grad_diff", "beta", "alpha", "acc"}
 BOOLS = {"diverged", PBT_EXPLOIT, "prov_git_dirty"}
-STRINGS = {"trial_id", "sweep", "error", "node", "hostname", "node_id", "restore_notes", "kind",
+STRINGS = {"trial_id", "sweep", "error", "node", "hostname", "node_id", "restore_notes", "export_notes", "kind",
            PBT_DONOR, PBT_SCHEDULE, "variant", "label", "section"}
 
 # what each file always has, filled empty where an older export lacks it

@@ -14,7 +14,8 @@ from vggbn.spec.model import SweepSpec
 from vggbn.spec.space import points
 
 from analysis import hpo, pbt, plots, smoothness, stats, table, tradeoffs
-from analysis.report_html import render
+from analysis.report_html import markdown_text, render
+
 from analysis.frames import swept_keys
 from analysis.results import load
 
@@ -313,11 +314,15 @@ def write_report(paths: list[str], out: str | Path | None = None, *, baseline: s
                f"{int((pending & ~started).sum()) + len(missing)} not started; the table uses the "
                f"completed ones (run `vggbn resume` to finish).", ""]
         md += [f"> missing: {m}" for m in missing] + ([""] if missing else [])
+    unverified = trials.dropna(subset=["export_notes"]) if "export_notes" in trials else trials.iloc[:0]
+    if len(unverified):  # what the export could not check (a trial directory gone, a config edited after)
+        md += ["> **Unverified**: " + "; ".join(f"{r.trial_id}: {markdown_text(r.export_notes)}"
+                                              for r in unverified.itertuples()), ""]
     md += _conclusions(tab, info, effects, smoothness.verdict(comp) if has_probes and not comp.empty else None)
     for meta in results.specs:
         desc = (meta.get("spec") or {}).get("description")
         if desc:
-            md += [f"*{(meta.get('spec') or {}).get('name')}*: {desc}", ""]
+            md += [f"*{markdown_text((meta.get('spec') or {}).get('name'))}*: {markdown_text(desc)}", ""]
     md += [f"{len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in  # the statuses that occur
                                                  trials["status"].value_counts().items() if v), ""]
     md += ["## Comparison table", "", paths["md"].read_text(), "",

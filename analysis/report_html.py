@@ -239,6 +239,16 @@ def _embed(tokens: list[Token], base: Path) -> None:
             tokens[i - 1].tag = tokens[i + 1].tag = "figure"
 
 
+_MD_PUNCTUATION = set("\\`*_{}[]()#+-.!|<>~&")
+
+
+def markdown_text(value: object) -> str:
+    """A spec's free text (description, name) as literal text in report.md, and so in report.html:
+    every Markdown punctuation character backslash-escaped (CommonMark renders it as itself), lines
+    joined. `[text](https://elsewhere)` stays that text, never a link; `<b>` stays those characters."""
+    return "".join(f"\\{c}" if c in _MD_PUNCTUATION else c for c in " ".join(str(value).split()))
+
+
 def _markdown() -> MarkdownIt:
     # js-default: CommonMark + tables + strikethrough, raw HTML escaped, no linkify/typographer.
     md = MarkdownIt("js-default")

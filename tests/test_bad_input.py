@@ -92,6 +92,8 @@ SWEEP_FILES = {  # id: (the file's content (None: a directory; "missing": none),
     "set-into-scalar": (SMOKE, ["--set", "name.x=1", "--dry-run"], ["--set name.x"]),
     "set-into-scalar-deep": (SMOKE, ["--set", "base.epochs.x=1", "--dry-run"], ["--set base.epochs.x"]),
     "set-bad-value": (SMOKE, ["--set", "num_samples=0", "--dry-run"], [FILE, "num_samples", "--set"]),
+    "set-unknown-base-key": (SMOKE, ["--set", "base.nonexistent=1", "--dry-run"],
+                             ["unknown key 'nonexistent'", "change --set base.nonexistent"]),
 }
 
 

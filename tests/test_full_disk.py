@@ -1,31 +1,63 @@
-"""A sweep whose storage fills up (a 3 MB tmpfs): the driver stops with one clear error, not
+"""Storage that fails under a sweep. Read-only: every command says so and nothing changes. Full (a
+3 MB tmpfs): the driver stops with one clear error, not
 Ray's traceback; once there is space again, `vggbn resume` completes the same trials, from
 vggbn's last good copy of Ray's snapshot where the full disk cut Ray's own.
 Needs to mount a tmpfs (root, as CI runs): skipped with the reason elsewhere."""
+import shutil
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import SWEEPS, vggbn
+from conftest import SWEEPS, vggbn, vggbn_main
+from test_bad_input import assert_unchanged, assert_user_error, snapshot
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
+pytestmark = pytest.mark.timeout(400)
+OLD = Path(__file__).parent / "data" / "exp_08213c0" / "smoke"  # a finished experiment, not exported
+
+
+def _mount(where: Path, options: str) -> None:
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}): run as root, as CI does")
 
 
 @pytest.fixture
 def small_disk(tmp_path):
     where = tmp_path / "disk"
-    where.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}): run as root, as CI does")
+    _mount(where, "size=3m")
     try:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
+@pytest.fixture
+def read_only(tmp_path):
+    """A read-only filesystem holding a copy of a finished experiment."""
+    where = tmp_path / "ro"
+    _mount(where, "size=16m")
+    try:
+        shutil.copytree(OLD, where / "smoke")
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_read_only_storage_is_said_in_words_and_left_as_it_was(read_only, tmp_path):
+    exp = read_only / "smoke"
+    before = snapshot(read_only)
+    for args, what in [(("export", exp), "cannot write trials.parquet"), (("resume", exp), "lease"),
+                       (("sweep", SWEEPS / "smoke.yaml", "--set", f"storage={read_only}/new"), "cannot be created")]:
+        r = vggbn_main(*args, cwd=tmp_path)
+        assert_user_error(r, what, "Read-only file system", "read-only")
+    assert_unchanged(read_only, before)
+
+
+@pytest.mark.ray
 def test_a_full_disk_stops_the_sweep_in_words_and_resume_completes_the_same_trials(small_disk, ray_address):
     r = vggbn("sweep", SWEEPS / "smoke.yaml", "--set", f"storage={small_disk}", "--address", ray_address)
     tail = r.stderr.strip().splitlines()[-2:]

@@ -79,3 +79,58 @@ def test_a_landscape_grid_past_memory_is_refused_before_anything_runs(tmp_path):
     r = vggbn_main("landscape", OLD, "--resolution", "1000000", "--out", tmp_path / "f")
     assert_user_error(r, "--resolution 1000000", "GiB", "--resolution")
     assert_unchanged(OLD, before)
+
+
+@pytest.mark.parametrize("storage,words", [("afile", ["Not a directory", "a file is where a directory should be"]),
+                                           ("/dev/null", ["Not a directory"]),
+                                           ("/proc/vggbn", ["cannot be created", "storage=results"])])
+def test_storage_that_cannot_hold_an_experiment_is_refused_before_ray(tmp_path, storage, words):
+    """A sweep whose storage is a file, a device or under /proc: exit 2 at the claim, before Ray."""
+    (tmp_path / "afile").write_text("x")
+    before = snapshot(tmp_path)
+    r = vggbn_main("sweep", SWEEPS / "smoke.yaml", "--set", f"storage={storage}", cwd=tmp_path)
+    assert_user_error(r, "cannot be created", *words)
+    assert_unchanged(tmp_path, before)
+
+
+def test_spec_text_renders_as_text_in_report_html(tmp_path):
+    """A sweep's description is text: no live link to another site, no HTML of its own."""
+    from analysis.report_html import markdown_text, render
+
+    desc = "[text](https://elsewhere.example/login) <img src=https://elsewhere.example/x.png> **bold** <https://a.example>"
+    page = render(f"# Report\n\n*quick*: {markdown_text(desc)}\n", tmp_path)
+    body = page[page.index("<main"):page.index("</main>")]
+    assert "<a " not in body and "href=" not in body and "<img" not in body, body  # text, not tags
+    assert "[text](https://elsewhere.example/login)" in body and "**bold**" in body  # shown as written
+
+
+# ---------------------------------------------------------------------- export states what it cannot verify
+def test_export_keeps_what_it_cannot_verify_and_says_so(smoke_copy):
+    """A trial's directory gone: its last known status and metrics stay (Ray's snapshot), with a
+    note, never a new status. A config edited after the run: exported as its checkpoint trained it,
+    flagged."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    before = pd.read_parquet(smoke_copy / "trials.parquet").set_index("trial_id")
+    gone, edited = sorted(before.index)[:2]
+    shutil.rmtree(smoke_copy / f"trial_{gone}")
+    f = smoke_copy / f"trial_{edited}" / "vggbn-config.json"
+    doc = json.loads(f.read_text())
+    doc["config"]["lr"] = 0.5
+    f.write_text(json.dumps(doc))
+    r = vggbn_main("export", smoke_copy)
+    assert r.returncode == 0, r.stderr[-2000:]
+    t = pd.read_parquet(smoke_copy / "trials.parquet").set_index("trial_id")
+    assert t.loc[gone, "status"] == before.loc[gone, "status"] == "completed"
+    assert t.loc[gone, "test_acc"] == before.loc[gone, "test_acc"]
+    assert f"trial_{gone}/ is missing" in t.loc[gone, "export_notes"] and f"unverified {gone}" in r.stdout
+    assert t.loc[edited, "lr"] == before.loc[edited, "lr"] != 0.5  # what was trained
+    assert "lr 0.5 there, 0.001 trained" in t.loc[edited, "export_notes"]
+    assert pd.isna(t.drop(index=[gone, edited])["export_notes"]).all()
+    r = vggbn_main("report", smoke_copy)
+    assert r.returncode == 0, r.stderr[-2000:]
+    md = (smoke_copy / "report" / "report.md").read_text()
+    assert "**Unverified**" in md and f"{edited}: its stored vggbn" in md

@@ -3,6 +3,7 @@ through `write_atomic` (object storage: store/experiment.py puts each file in on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -17,5 +18,6 @@ def write_atomic(path: Path, data: bytes | str) -> Path:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only or full disk: the write's own error is the one to tell
+            tmp.unlink(missing_ok=True)
     return path

@@ -10,6 +10,7 @@ joined before the query, which stays at the end. Without one, the usual AWS sett
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -197,7 +198,20 @@ def explain(uri: str, e: BaseException, doing: str = "cannot be read") -> str:
         return (f"{uri}: access denied by {where(uri)} ({detail}).\nFix: give credentials that may "
                 f"read and write {'the bucket ' + bucket if bucket else 'it'} (AWS_PROFILE, "
                 f"AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY, or the node's instance profile)")
+    if not is_remote(uri) and isinstance(e, OSError):  # a local directory: the fix is about the disk
+        fix = _LOCAL_FIX.get(e.errno, "give a directory on a disk you can write, e.g. storage=results")
+        return f"{uri}: {doing} ({e.strerror or detail}).\nFix: {fix}"
     return f"{uri}: {doing} ({detail}).\nFix: check the URI and the credentials for it"
+
+
+_LOCAL_FIX = {
+    errno.ENOTDIR: "a file is where a directory should be on that path: give a directory, e.g. storage=results",
+    errno.EROFS: "that filesystem is read-only: remount it read-write, or copy the experiment to a writable "
+                 "disk (for a new sweep: storage= a directory there)",
+    errno.EACCES: "you may not write there: give a directory of yours, e.g. storage=results",
+    errno.EPERM: "you may not write there: give a directory of yours, e.g. storage=results",
+    errno.ENOSPC: "free space there, or give a directory on a disk with space",
+}
 
 
 def missing(fs, uri: str, path: str) -> tuple[str, str | None]:

@@ -89,7 +89,9 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Swee
 def _where_to_fix(locs: list[str], msg: str, path: Path, overrides: dict[str, Any] | None) -> str:
     """The --set that gave the bad value, else the keys in the file (the message says what to write)."""
     sets = [k for k in overrides or {} if any(loc == k or loc.startswith(k + ".") for loc in locs)
-            or ("." in k and k in msg)]  # a section key named by a spec-wide check: base.dropout=3 ...
+            or ("." in k and k in msg)  # a section key named by a spec-wide check: base.dropout=3 ...
+            or ("." in k and msg.startswith(k.rsplit(".", 1)[0] + ":")  # base: unknown key 'x'
+                and repr(k.rsplit(".", 1)[1]) in msg)]
     if sets:
         return "change " + ", ".join(f"--set {k}" for k in sets) + " as said above"
     keys = ", ".join(dict.fromkeys(loc for loc in locs if loc))

@@ -324,4 +324,4 @@ def spec_errors(e: ValidationError) -> str:
     # a message of a few lines whatever the input: each problem cut (a validator may quote a value),
     # and the first few of a long list of them
     more = f"; and {len(out) - MAX_ERRORS} more" if len(out) > MAX_ERRORS else ""
-    return "; ".join(cut(o, 400) for o in out[:MAX_ERRORS]) + more
+    return "; ".join(cut(o, 1000) for o in out[:MAX_ERRORS]) + more

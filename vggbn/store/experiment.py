@@ -114,7 +114,10 @@ class Experiment:
         """Atomic: a temporary file renamed into place (local), one put (object storage)."""
         p = self.path(name)
         if self.local:
-            write_atomic(Path(p), data)
+            try:
+                write_atomic(Path(p), data)
+            except OSError as e:  # read-only, full, denied: said for people, the old file left whole
+                raise self.error(e, f"cannot write {name}") from None
             return
         self.fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
         with self.fs.open_output_stream(p) as f:
@@ -194,11 +197,13 @@ class Experiment:
         body = json.dumps({"schema_version": SCHEMA_VERSION, "sweep": sweep, "host": socket.gethostname(),
                            "pid": os.getpid(), "time": time.time()}).encode()
         if self.local:
-            os.makedirs(self.root, exist_ok=True)
             try:
+                os.makedirs(self.root, exist_ok=True)
                 fd = os.open(self.path(CLAIM_FILE), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 raise self._taken() from None
+            except OSError as e:  # a file on the way, /proc, /dev/null, read-only, denied
+                raise self.error(e, "cannot be created") from None
             with os.fdopen(fd, "wb") as f:
                 f.write(body)
         elif storage.scheme(self.uri) == "s3":

@@ -17,8 +17,8 @@ import warnings
 
 from vggbn import progress
 from vggbn.provenance import provenance
-from vggbn.schema import (BUDGET_FILE, EPOCH_EXTRA, EPOCH_METRICS, EPOCHS, PROBES, SCHEMA_VERSION, STEPS, TRIAL_DIR,
-                          TRIALS)
+from vggbn.schema import (BUDGET_FILE, EPOCH_EXTRA, EPOCH_METRICS, EPOCHS, PROBES, SCHEMA_VERSION, STEPS,
+                          TRIAL_CONFIG_FILE, TRIAL_DIR, TRIALS)
 from vggbn.store import checkpoint, pbt_record, trial_config
 from vggbn.store.experiment import Experiment, ExperimentError
 from vggbn.store.exports import FINISHED, trial_status, write_export
@@ -82,6 +82,21 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
         if pbt is not None:  # its epochs run by run, with the values in force and the donors
             df = pbt_record.merge(pbt, df)
         last = df.iloc[-1].to_dict() if len(df) else {}
+        notes = []  # what this export could not verify, said in the row (export_notes)
+        if not exp.exists(TRIAL_DIR.format(trial_id=tid)):
+            notes.append(f"{TRIAL_DIR.format(trial_id=tid)}/ is missing: status and last metrics as Ray's snapshot "
+                         f"last saw them; its epochs, checkpoints and config cannot be checked")
+            if not last and trial.last_result:
+                last = {m: trial.last_result[m] for m in EPOCH_METRICS if m in trial.last_result}
+        # the checkpoint's own record of what it trained (a PBT trial's changes as it is exploited)
+        trained = (meta.get("config") or {}) if pbt is None else {}
+        differs = {k: (cfg[k], v) for k, v in trained.items()
+                   if k in cfg and json.loads(json.dumps(cfg[k], default=str)) != v}
+        if differs:
+            notes.append(f"its stored {TRIAL_CONFIG_FILE} disagrees with its checkpoint (epoch {meta.get('epoch')}): "
+                         + ", ".join(f"{k} {a!r} there, {b!r} trained" for k, (a, b) in sorted(differs.items()))
+                         + "; exported as trained")
+            cfg = {**cfg, **{k: b for k, (_, b) in differs.items()}}
         deterministic = exp.trial_error(tid)  # out of memory or invalid config: run once
         error = deterministic or config_error
         status = trial_status(trial.status, last, cfg.get("epochs", 0) if not config_error else 0, error)
@@ -102,6 +117,7 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
                "hostname": lr_.get("hostname"), "node_id": lr_.get("node_id"),
                "failures": int(getattr(trial, "num_failures", 0) or 0),
                "restore_notes": checkpoint.restore_notes(exp.fs, tdir),
+               "export_notes": "; ".join(notes) or None,
                "error": error if status == "errored" else None}
         prov = meta.get("provenance") or {**driver, "device": None, "device_name": None}
         row.update({f"prov_{k}": v for k, v in prov.items()})
@@ -131,9 +147,10 @@ def export(path: str, wall_time_s: float | None = None) -> dict:
             exp.remove(name)  # an earlier export's file would describe other trials
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     notes = {r["trial_id"]: r["restore_notes"] for r in rows if r["restore_notes"]}
+    unverified = {r["trial_id"]: r["export_notes"] for r in rows if r["export_notes"]}
     errors = {r["trial_id"]: r["error"] for r in rows if r["error"]}
     return {"path": exp.uri, "trials": len(trials), "status": counts, "wall_time_s": wall_time_s,
-            "steps": len(step_rows), "probes": len(probe_rows), "restore_notes": notes,
+            "steps": len(step_rows), "probes": len(probe_rows), "restore_notes": notes, "export_notes": unverified,
             "errors": errors, "failures": int(sum(r["failures"] for r in rows)), "pruned": pruned,
             "budget": budget}
 
@@ -158,4 +175,5 @@ def summary_text(summary: dict) -> str:
             + (f"\n  budget reached: {b['spent']:.3g} of {b['limit']:g} {b['unit'].replace('_', '-')}, "
                f"{len(b['not_started'])} trials not started" if (b := summary.get("budget")) else "")
             + "".join(f"\n  errored {t}: {e}" for t, e in sorted(summary.get("errors", {}).items()))
-            + "".join(f"\n  restored {t}: {n}" for t, n in sorted(summary.get("restore_notes", {}).items())))
+            + "".join(f"\n  restored {t}: {n}" for t, n in sorted(summary.get("restore_notes", {}).items()))
+            + "".join(f"\n  unverified {t}: {n}" for t, n in sorted(summary.get("export_notes", {}).items())))
