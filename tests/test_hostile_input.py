@@ -134,3 +134,12 @@ def test_export_keeps_what_it_cannot_verify_and_says_so(smoke_copy):
     assert r.returncode == 0, r.stderr[-2000:]
     md = (smoke_copy / "report" / "report.md").read_text()
     assert "**Unverified**" in md and f"{edited}: its stored vggbn" in md
+
+
+@pytest.mark.parametrize("out", ["afile", "/proc/vggbn-report"])
+def test_report_out_that_cannot_be_a_directory_is_refused(smoke_copy, tmp_path, out):
+    (tmp_path / "afile").write_text("x")
+    target = tmp_path / out if out == "afile" else Path(out)
+    r = vggbn_main("report", smoke_copy, "--out", target)
+    assert_user_error(r, f"--out {target}", "directory")
+    assert (tmp_path / "afile").read_text() == "x"

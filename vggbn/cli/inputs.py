@@ -47,12 +47,12 @@ def exported(paths: list[str | Path]) -> None:
         ExportDir(path, ResultsError).check()
 
 
-def out_dir(out: Path) -> Path:
-    """`train --out`, created before any training: a bad one fails at once."""
+def out_dir(out: Path, example: str = "runs") -> Path:
+    """`--out` of train, report or landscape, created before any work: a bad one fails at once."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         what = "is a file, not a directory" if out.is_file() else f"cannot be created ({e.strerror or e})"
         raise UsageError(f"--out {out}: {what}.", f"give a directory (it is created if it does not exist), "
-                         f"e.g. --out runs/{out.name or 'run'}") from None
+                         f"e.g. --out {example}/{out.name or 'run'}") from None
     return out

@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from pathlib import Path
 
-from vggbn.cli.inputs import exported
+from vggbn.cli.inputs import exported, out_dir
 from vggbn.errors import UsageError
-from vggbn.uri import join, normalize
+from vggbn.uri import is_remote, join, normalize
 
 
 BYTES_PER_POINT = 1024  # a grid point: its tuple and result dict measured 0.42 KB; the rest for the DataFrame
@@ -31,6 +32,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                              f"twice.", "name each experiment once")
         seen[key] = str(path)
     exported(args.paths)
+    if args.out and not is_remote(str(args.out)):  # before analysis' imports: a bad one answers at once
+        out_dir(Path(args.out), "reports")
     from analysis.report import write_report
 
     print(write_report(args.paths, args.out, baseline=args.baseline, target=args.target,
@@ -51,6 +54,8 @@ def cmd_landscape(args: argparse.Namespace) -> int:
                          f"{_memory() / 2**30:.0f} GiB.", f"--resolution {min(most, 201)} or less (21 is the default; "
                          f"Li et al. use 51)")
     exported([args.path])
+    if args.out and not is_remote(str(args.out)):
+        out_dir(Path(args.out), "reports")
     from analysis.report import landscape_figures
     from analysis.results import load
     from vggbn.sweep.surfaces import landscape
