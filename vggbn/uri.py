@@ -199,8 +199,7 @@ def explain(uri: str, e: BaseException, doing: str = "cannot be read") -> str:
                 f"read and write {'the bucket ' + bucket if bucket else 'it'} (AWS_PROFILE, "
                 f"AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY, or the node's instance profile)")
     if not is_remote(uri) and isinstance(e, OSError):  # a local directory: the fix is about the disk
-        fix = _LOCAL_FIX.get(e.errno, "give a directory on a disk you can write, e.g. storage=results")
-        return f"{uri}: {doing} ({e.strerror or detail}).\nFix: {fix}"
+        return f"{uri}: {doing} ({e.strerror or detail}).\nFix: {local_fix(e.errno)}"
     return f"{uri}: {doing} ({detail}).\nFix: check the URI and the credentials for it"
 
 
@@ -211,7 +210,13 @@ _LOCAL_FIX = {
     errno.EACCES: "you may not write there: give a directory of yours, e.g. storage=results",
     errno.EPERM: "you may not write there: give a directory of yours, e.g. storage=results",
     errno.ENOSPC: "free space there, or give a directory on a disk with space",
+    errno.EDQUOT: "free space in your disk quota",
 }
+
+
+def local_fix(code: int | None) -> str:
+    """What to do about an OSError of this errno on a local directory."""
+    return _LOCAL_FIX.get(code, "give a directory on a disk you can write, e.g. storage=results")
 
 
 def missing(fs, uri: str, path: str) -> tuple[str, str | None]:

@@ -41,10 +41,6 @@ FULL_BYTES = 1 << 20  # locally, less free than this after a failed run: the dis
 STORAGE_ERRNOS = {errno.ENOSPC: "no space left on its disk", errno.EDQUOT: "over its disk quota",
                   errno.EROFS: "on a read-only filesystem", errno.EACCES: "not writable (permission denied)",
                   errno.EPERM: "not writable (operation not permitted)"}
-STORAGE_FIX = {errno.ENOSPC: "free space there (or move the experiment directory to a bigger disk)",
-               errno.EDQUOT: "free space in your quota", errno.EROFS: "remount it read-write or move the experiment",
-               errno.EACCES: "give yourself write permission there",
-               errno.EPERM: "give yourself write permission there"}
 
 
 def normalize(path: str) -> str:
@@ -160,10 +156,10 @@ class Experiment:
         except (OSError, FileNotFoundError):
             return []
 
-    def failure(self, exc: BaseException) -> StorageError | None:
+    def failure(self, exc: BaseException | None = None) -> StorageError | None:
         """The storage's part in a run that failed with `exc`, for people: a full disk, a quota, a
         read-only or denied directory (an OSError anywhere in the exception's chain, or, locally,
-        no space left now). None when the storage is not why."""
+        no space left now; without `exc`, that alone). None when the storage is not why."""
         code, seen, stack = None, set(), [exc]
         while stack and code is None:
             e = stack.pop()
@@ -186,7 +182,7 @@ class Experiment:
         return StorageError(f"{self.uri}: {what}{free if code in (errno.ENOSPC, errno.EDQUOT) else ''}: the run "
                             f"stopped; its trials, checkpoints and Ray's snapshot are kept (vggbn keeps a last good "
                             f"copy of the snapshot).",
-                            f"{STORAGE_FIX[code]}, then `vggbn resume {self.uri}`: it continues the same trials")
+                            f"{storage.local_fix(code)}, then `vggbn resume {self.uri}`: it continues the same trials")
 
     def has_ray_state(self) -> bool:
         return any(n.startswith("experiment_state") for n in self.listdir())
@@ -217,19 +213,27 @@ class Experiment:
             raise self._taken()
 
     def _claim_s3(self, body: bytes) -> None:
+        if self.put_if(CLAIM_FILE, body, if_none_match=True) is None:
+            raise self._taken()
+
+    def put_if(self, name: str, body: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str | None:
+        """An S3 put of `name` on a condition (If-None-Match: * / If-Match: ETAG) through boto3
+        (pyarrow has no conditional put): the new ETag, or None when the condition failed (another
+        driver got there first). ExperimentError when the store cannot be written."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = storage.bucket_and_key(self.uri)
-        try:  # boto3 with the URI's endpoint, region and credentials: pyarrow has no conditional put
-            storage.s3_client(self.uri).put_object(Bucket=bucket, Key=f"{key}/{CLAIM_FILE}".lstrip("/"),
-                                                   Body=body, IfNoneMatch="*")
+        kw = {"IfNoneMatch": "*"} if if_none_match else {"IfMatch": if_match} if if_match else {}
+        try:  # boto3 with the URI's endpoint, region and credentials
+            return storage.s3_client(self.uri).put_object(Bucket=bucket, Key=f"{key}/{name}".lstrip("/"),
+                                                          Body=body, **kw)["ETag"]
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412",
-                                                           "ConditionalRequestConflict"):
-                raise self._taken() from None
-            raise self.error(e, "cannot write the claim") from None
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict",
+                                                           "NoSuchKey"):
+                return None
+            raise self.error(e, f"cannot write {name}") from None
         except BotoCoreError as e:  # no credentials, endpoint unreachable
-            raise self.error(e, "cannot write the claim") from None
+            raise self.error(e, f"cannot write {name}") from None
 
     def _taken(self) -> ExperimentError:
         who = ""

@@ -87,7 +87,7 @@ class Lease:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise self._held(self._holder(), local=True) from None
+            raise self._held(self._holder_local(), local=True) from None
         except OSError as e:  # a filesystem without locks
             os.close(fd)
             raise self.exp.error(e, "cannot lock the experiment (its filesystem has no file locks)") from None
@@ -101,7 +101,7 @@ class Lease:
     def _acquire_remote(self) -> None:
         s3 = storage.scheme(self.exp.uri) == "s3"
         for _ in range(3):  # a holder that lets go between our reads: look again
-            held, etag = self._read_remote()
+            held, etag = self._read_doc()
             if held is None:
                 if self._put(self.body(), if_none_match=True) if s3 else self._put_unconditional():
                     return
@@ -115,16 +115,16 @@ class Lease:
                 print(f"vggbn: {self.exp.uri}: took over the lease of {self._who(held)}, silent since "
                       f"{_when(float(held.get('heartbeat', 0)))} ({why})", file=sys.stderr)
                 return
-        raise self._held(self._read_remote()[0] or {}, local=False)
+        raise self._held(self._read_doc()[0] or {}, local=False)
 
-    def _read_remote(self) -> tuple[dict | None, str | None]:
+    def _read_doc(self) -> tuple[dict | None, str | None]:
         """(the lease's document, its ETag on S3), (None, None) if there is none."""
         if storage.scheme(self.exp.uri) == "s3":
             from botocore.exceptions import BotoCoreError, ClientError
 
-            bucket, key = self._key()
+            bucket, key = storage.bucket_and_key(self.exp.uri)
             try:
-                got = storage.s3_client(self.exp.uri).get_object(Bucket=bucket, Key=key)
+                got = storage.s3_client(self.exp.uri).get_object(Bucket=bucket, Key=f"{key}/{LEASE_FILE}".lstrip("/"))
                 raw, etag = got["Body"].read(), got["ETag"]
             except ClientError as e:
                 if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
@@ -142,26 +142,12 @@ class Lease:
         except ValueError:  # a damaged lease: as old as its heartbeat, none
             return {}, etag
 
-    def _key(self) -> tuple[str, str]:
-        bucket, key = storage.bucket_and_key(self.exp.uri)
-        return bucket, f"{key}/{LEASE_FILE}".lstrip("/")
-
     def _put(self, body: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> bool:
         """A conditional put on S3; False if its condition failed (another driver got there first)."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        bucket, key = self._key()
-        kw = {"IfNoneMatch": "*"} if if_none_match else {"IfMatch": if_match} if if_match else {}
-        try:
-            self._etag = storage.s3_client(self.exp.uri).put_object(Bucket=bucket, Key=key, Body=body, **kw)["ETag"]
-            return True
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict",
-                                                           "NoSuchKey"):
-                return False
-            raise self.exp.error(e, "cannot write the experiment's lease") from None
-        except BotoCoreError as e:
-            raise self.exp.error(e, "cannot write the experiment's lease") from None
+        etag = self.exp.put_if(LEASE_FILE, body, if_none_match=if_none_match, if_match=if_match)
+        if etag is not None:
+            self._etag = etag
+        return etag is not None
 
     def _put_unconditional(self) -> bool:
         self.exp.write_bytes(LEASE_FILE, self.body())
@@ -176,7 +162,7 @@ class Lease:
                 print(f"vggbn: {self.exp.uri}: the lease's heartbeat failed ({e.what})", file=sys.stderr)
                 continue
             if not ok:
-                held, _ = self._read_remote()
+                held, _ = self._read_doc()
                 print(f"vggbn: {self.exp.uri}: the lease was taken over by {self._who(held or {})} after this "
                       f"driver was silent over {self.stale_s:.0f} s: two drivers may now run this experiment; "
                       f"stop one of them", file=sys.stderr)
@@ -189,7 +175,7 @@ class Lease:
             self._beat.join(timeout=30)
             self._beat = None
             with contextlib.suppress(ExperimentError, OSError):
-                held, etag = self._read_remote()
+                held, etag = self._read_doc()
                 if held is not None and held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():
                     self.exp.remove(LEASE_FILE)
         if self._fd is not None:
@@ -198,11 +184,11 @@ class Lease:
             self._fd = None
 
     # ------------------------------------------------------------------ the refusal
-    def _holder(self) -> dict:
+    def _holder_local(self) -> dict:
+        """Who holds a local lease, for the refusal ({} when its file cannot be read)."""
         try:
-            doc = json.loads(self.exp.read_bytes(LEASE_FILE) or b"{}")
-            return doc if isinstance(doc, dict) else {}
-        except (OSError, ValueError, ExperimentError):
+            return self._read_doc()[0] or {}
+        except (OSError, ExperimentError):
             return {}
 
     @staticmethod

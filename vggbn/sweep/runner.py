@@ -182,7 +182,7 @@ def _fit(exp: Experiment, spec: SweepSpec, tuner) -> dict:
             raise
         raise why from None
     if summary.get("status", {}).get("errored"):  # trials that errored on a full disk, the driver fine
-        why = exp.failure(RuntimeError())
+        why = exp.failure()
         if why is not None:
             raise why
     return summary

@@ -138,11 +138,11 @@ def check_before_restore(exp: Experiment) -> str | None:
         b = exp.read_bytes(n)
         if b is not None:
             exp.write_bytes(f"{DAMAGED}/{n}", b)
-    for n in names:
-        if n not in {g.removeprefix(f"{GOOD}/") for g in good}:
-            exp.remove(n)  # a newer file the good copy does not have (it would shadow it)
-    for g, b in good.items():
-        exp.write_bytes(g.removeprefix(f"{GOOD}/"), b)
+    restored = {g.removeprefix(f"{GOOD}/"): b for g, b in good.items()}
+    for n in set(names) - set(restored):
+        exp.remove(n)  # a newer file the good copy does not have (it would shadow it)
+    for n, b in restored.items():
+        exp.write_bytes(n, b)
     line = (f"vggbn: {exp.uri}: Ray's snapshot was damaged ({damage}); resuming from vggbn's last good copy "
             f"(the damaged files are in {exp.join(DAMAGED)}; trials that finished after that copy run again "
             f"from their checkpoints)")
