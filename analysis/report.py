@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from vggbn import progress
-from vggbn import uri as storage
 from vggbn.files import write_atomic
 from vggbn.spec.model import SweepSpec
 from vggbn.spec.space import points
+from vggbn.store.exports import report_dir
 
 from analysis import hpo, pbt, plots, smoothness, stats, table, tradeoffs
 from analysis.report_html import markdown_text, render
@@ -47,19 +47,10 @@ def optimization_figures(results, figs: Path) -> list[tuple[str, Path, str]]:
     return out
 
 
-def default_out(path: str) -> Path:
-    """Where an experiment's report goes unless --out says: <path>/report for a local one,
-    reports/<name>/ (in the current directory) for one in a bucket (read in place, never synced)."""
-    path = str(path)
-    if storage.is_remote(path):
-        return Path("reports") / storage.name(storage.normalize(path))
-    return Path(storage.normalize(path) if "://" in path else path) / "report"
-
-
 def landscape_figures(path: str, out: str | Path | None = None) -> list[str]:
-    """Draw an experiment's probe and surface figures into <out>/figures (default_out(path) unless
+    """Draw an experiment's probe and surface figures into <out>/figures (report_dir(path) unless
     given); the experiment may be local or in a bucket."""
-    figs = Path(out or default_out(path)) / "figures"
+    figs = Path(out or report_dir(path)) / "figures"
     return [str(png) for _, png, _ in optimization_figures(load(path), figs)]
 
 
@@ -274,12 +265,12 @@ def _md_table(df) -> str:
 def write_report(paths: list[str], out: str | Path | None = None, *, baseline: str = "vgg_a",
                  target: float | None = None, reference: str | None = None) -> str:
     """Write report.md, the tables and the figures of one or more exported sweeps into `out`
-    (default: default_out(first path): <path>/report, or reports/<name>/ for a bucket's). Returns
+    (default: report_dir(first path): <path>/report, or reports/<name>/ for a bucket's). Returns
     a one-line summary."""
     step = progress.Steps("report", ["loading", "table", "statistics", "figures", "writing"])  # stderr lines
     step("loading", ", ".join(map(str, paths)))
     results = load(*paths)
-    out = Path(out) if out else default_out(paths[0])
+    out = Path(out) if out else report_dir(paths[0])
     figs = out / "figures"
     ref = table.load_reference(reference) if reference else None
     step("table")

@@ -201,7 +201,7 @@ def load(*paths: str | Path) -> Results:
         try:
             found, meta, src = _load_one(d, multi=len(paths) > 1, taken=prefixes)
         except OSError as err:  # the store: unreachable, no credentials, access denied
-            raise ResultsError(storage.explain(str(d), err)) from None  # "what\nFix: fix", split by VggbnError
+            raise ResultsError(*storage.explain(str(d), err)) from None
         specs.append(meta)
         sources.append(src)
         for name, df in found.items():
@@ -226,6 +226,10 @@ def _load_one(d: ExportDir, multi: bool, taken: set[str]) -> tuple[dict[str, pd.
     fix = f"`vggbn export {d}` rewrites the export from Ray's files"
     d.check()  # a directory with a trials.parquet (vggbn.store.exports words what is not)
     t, meta = _read(d, TRIALS, fix)
+    if t.empty:  # nothing to label, compare or plot
+        raise ResultsError(f"{d.show(TRIALS)}: no trials in it (none had started when it was exported).",
+                           f"`vggbn status {d}` says where the sweep stands; `vggbn resume {d}` runs "
+                           f"its trials and exports them")
     found = {"trials": t, "epochs": _read(d, EPOCHS, fix)[0] if d.is_file(EPOCHS)
              else columns.typed(pd.DataFrame(columns=["trial_id", "epoch"]), EPOCHS)}
     # a config field added since this export was written: its default is what the trials had
@@ -235,7 +239,7 @@ def _load_one(d: ExportDir, multi: bool, taken: set[str]) -> tuple[dict[str, pd.
         if d.is_file(file):
             found[name] = _read(d, file, fix if file != SURFACES else
                                 f"delete {d.show(file)} and run `vggbn landscape {d}` again")[0]
-    name = str(t["sweep"].iloc[0]) if len(t) else d.name
+    name = str(t["sweep"].iloc[0])
     prefix, k = name + "/", 1
     while multi and prefix in taken:  # trial ids are unique per sweep only: a name given twice
         k += 1

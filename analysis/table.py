@@ -37,25 +37,24 @@ def load_reference(path: str | Path | None = None) -> dict[tuple[str, str | None
     """(preset, dataset) -> reported test accuracy (percent); dataset None = any dataset.
     Default: the original study's single runs, on CIFAR-10."""
     path = Path(path or REFERENCE_CSV)
-    fix = (f"Fix: give a CSV with the columns preset,reference_test_acc (optional: dataset), as "
+    fix = (f"give a CSV with the columns preset,reference_test_acc (optional: dataset), as "
            f"{REFERENCE_CSV.name} in the analysis package")
     try:
         ref = pd.read_csv(path)
     except (OSError, UnicodeDecodeError, ValueError) as e:  # missing, a directory, binary, not CSV
         why = (e.strerror if isinstance(e, OSError) and e.strerror
                else f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
-        raise ResultsError(f"{path}: not a readable reference table ({why}).\n{fix}") from None
+        raise ResultsError(f"{path}: not a readable reference table ({why}).", fix) from None
     missing = [c for c in ("preset", "reference_test_acc") if c not in ref.columns]
     if missing:
         raise ResultsError(f"{path}: no column {', '.join(missing)} (has: "
-                           f"{', '.join(map(str, ref.columns))[:200] or 'none'}).\n{fix}")
+                           f"{', '.join(map(str, ref.columns))[:200] or 'none'}).", fix)
     datasets = ref["dataset"] if "dataset" in ref else [None] * len(ref)
     try:
         return {(p, d if isinstance(d, str) else None): float(a)
                 for p, d, a in zip(ref["preset"], datasets, ref["reference_test_acc"])}
     except (TypeError, ValueError) as e:
-        raise ResultsError(f"{path}: reference_test_acc holds a value that is not a number ({e}).\n"
-                           f"{fix}") from None
+        raise ResultsError(f"{path}: reference_test_acc holds a value that is not a number ({e}).", fix) from None
 
 
 def _reference_for(reference: dict, preset: str | None, dataset: str | None) -> float | None:

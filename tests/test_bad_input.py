@@ -11,6 +11,7 @@ storage URIs fail before it starts, and `resume` is only given directories it mu
 import hashlib
 import random
 import shutil
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -317,3 +318,26 @@ def test_debug_shows_the_traceback(tmp_path):
     path.write_text("- a list\n")
     r = vggbn_main("--debug", "sweep", path, "--dry-run", cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" in r.stderr and "SweepSpecError" in r.stderr
+
+
+@pytest.mark.parametrize("where", ["a-file", "a-file/below", "/proc/vggbn-cache", "full"])
+def test_an_unusable_tensor_cache_is_said_in_words(tmp_path, monkeypatch, where):
+    """$VGGBN_CACHE_DIR that is a file, under a file, under /proc, or on a full disk (a 1-page
+    tmpfs, where the machine allows): exit 2 naming it and the variable, no half-written file left."""
+    d = fake_fmnist(tmp_path / "fm")
+    (tmp_path / "a-file").write_text("not a directory")
+    cache = tmp_path / where if not where.startswith("/") else Path(where)
+    if where == "full":
+        cache.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(cache)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here: run as root, as CI does")
+    monkeypatch.setenv("VGGBN_CACHE_DIR", str(cache))
+    try:
+        r = vggbn_main("train", *FMNIST_TRAIN, "--set", f"data_dir={d}", cwd=tmp_path)
+        assert_user_error(r, cache, "$VGGBN_CACHE_DIR", "set VGGBN_CACHE_DIR to a directory you can write")
+        if where == "full":
+            assert not [p for p in cache.iterdir() if ".tmp" in p.name], list(cache.iterdir())
+    finally:
+        if where == "full":
+            subprocess.run(["umount", "-l", str(cache)], capture_output=True)

@@ -1,6 +1,6 @@
 """Storage that fails under a sweep. Read-only: every command says so and nothing changes. Full (a
-3 MB tmpfs): the driver stops with one clear error, not
-Ray's traceback; once there is space again, `vggbn resume` completes the same trials, from
+3 MB tmpfs): the first trial that fails on it ends the run with one clear error (no retries of
+every trial against the same disk); once there is space again, `vggbn resume` completes the same trials, from
 vggbn's last good copy of Ray's snapshot where the full disk cut Ray's own.
 Needs to mount a tmpfs (root, as CI runs): skipped with the reason elsewhere."""
 import shutil
@@ -36,11 +36,12 @@ def small_disk(tmp_path):
 
 @pytest.fixture
 def read_only(tmp_path):
-    """A read-only filesystem holding a copy of a finished experiment."""
+    """A read-only filesystem holding a copy of a finished, exported experiment."""
     where = tmp_path / "ro"
     _mount(where, "size=16m")
     try:
         shutil.copytree(OLD, where / "smoke")
+        assert vggbn_main("export", where / "smoke").returncode == 0
         subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
         yield where
     finally:
@@ -54,7 +55,14 @@ def test_read_only_storage_is_said_in_words_and_left_as_it_was(read_only, tmp_pa
                        (("sweep", SWEEPS / "smoke.yaml", "--set", f"storage={read_only}/new"), "cannot be created")]:
         r = vggbn_main(*args, cwd=tmp_path)
         assert_user_error(r, what, "Read-only file system", "read-only")
+    r = vggbn_main("landscape", exp, "--resolution", "3", cwd=tmp_path)  # it writes surfaces.parquet there
+    assert_user_error(r, "lease", "Read-only file system", "read-only")
+    r = vggbn_main("report", exp, cwd=tmp_path)  # its default --out is in the experiment
+    assert_user_error(r, f"{exp}/report, where this command writes without --out", "Read-only file system",
+                      "--out")
     assert_unchanged(read_only, before)
+    r = vggbn_main("report", exp, "--out", tmp_path / "report", cwd=tmp_path)  # read-only is fine to read
+    assert r.returncode == 0 and (tmp_path / "report" / "report.md").is_file(), r.stderr[-3000:]
 
 
 @pytest.mark.ray
@@ -64,6 +72,8 @@ def test_a_full_disk_stops_the_sweep_in_words_and_resume_completes_the_same_tria
     assert r.returncode == 2, r.stderr[-3000:]
     assert tail[0].startswith(f"vggbn sweep: error: {small_disk}/smoke: no space left on its disk"), tail
     assert tail[1].startswith("Fix: free space there") and f"vggbn resume {small_disk}/smoke" in tail[1], tail
+    # the first trial that failed on the disk ended the run: no retries, one trial's traceback from Ray
+    assert r.stderr.count("Trial task failed") == 1 and "Unhandled error" not in r.stderr, r.stderr[-3000:]
     exp = small_disk / "smoke"
     trial_ids = {p.name.removeprefix("trial_") for p in exp.glob("trial_*")}
     assert len(trial_ids) == 4

@@ -143,3 +143,23 @@ def test_report_out_that_cannot_be_a_directory_is_refused(smoke_copy, tmp_path, 
     r = vggbn_main("report", smoke_copy, "--out", target)
     assert_user_error(r, f"--out {target}", "directory")
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_report_of_an_export_without_trials_says_so(smoke_copy, tmp_path):
+    """An export with no trial rows (exported before any trial started): report, landscape and
+    load() name the file and the way on; nothing is written."""
+    import pyarrow.parquet as pq
+
+    from analysis.results import load
+    from vggbn.errors import ResultsError
+
+    for name in ("trials", "epochs", "steps", "probes"):
+        f = smoke_copy / f"{name}.parquet"
+        pq.write_table(pq.read_table(f).slice(0, 0), f)  # vggbn's schema and metadata, no rows
+    before = snapshot(smoke_copy)
+    for cmd in (("report", smoke_copy), ("landscape", smoke_copy, "--resolution", "3")):
+        r = vggbn_main(*cmd, cwd=tmp_path)
+        assert_user_error(r, f"{smoke_copy}/trials.parquet: no trials in it", f"vggbn resume {smoke_copy}")
+    with pytest.raises(ResultsError, match="no trials in it"):
+        load(smoke_copy)
+    assert_unchanged(smoke_copy, before)

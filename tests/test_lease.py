@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ray_worker, tiny, wait_for
+from conftest import ray_worker, tiny, vggbn_main, wait_for
 from vggbn.errors import ExperimentError
 from vggbn.store.experiment import Experiment
 from vggbn.store.lease import Lease
@@ -201,6 +201,10 @@ def test_two_resumes_at_once_one_runs_and_a_killed_holder_is_taken_over(tmp_path
             assert loser.returncode == 2 and "Traceback" not in err, err[-3000:]
             assert f"is being run by `vggbn resume` on {HOST} pid {runner.pid} since " in err, err
             assert runner.poll() is None
+            spec_before = (exp / "spec.yaml").read_bytes()
+            ext = vggbn_main("extend", exp, "--set", "space.seed.grid=[0,1,2]")  # beside the running resume
+            assert ext.returncode == 2 and f"pid {runner.pid} since " in ext.stderr, ext.stderr[-3000:]
+            assert "Traceback" not in ext.stderr and (exp / "spec.yaml").read_bytes() == spec_before
             wait_for(lambda: _held_at(hold, 2, old), "the runner's trials at epoch 2", proc=runner)
             _kill(runner)  # the lease's holder dies with its trials mid-run
         finally:

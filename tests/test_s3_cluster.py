@@ -47,7 +47,7 @@ def test_storage_uris_keep_their_query_and_their_scheme(tmp_path):
     """`<storage>/<name>` puts the name before a query of pyarrow's options, everywhere an
     experiment's path is made; Ray gets the filesystem built from the URI plus the plain path; a
     bucket's report goes to reports/<name>/ (never a local `s3:/...`)."""
-    from analysis.report import default_out
+    from vggbn.store.exports import report_dir
     from vggbn import uri as storage
     from vggbn.store.experiment import Experiment, ExperimentError
     from vggbn.plan.load import load_spec
@@ -65,9 +65,9 @@ def test_storage_uris_keep_their_query_and_their_scheme(tmp_path):
     assert storage.parent_and_name("s3://bkt/smoke") == ("s3://bkt", "smoke")
     assert storage.normalize(f"gs://bkt/p/?{q}") == f"gs://bkt/p?{q}"  # gs:// takes the same path
 
-    assert default_out(exp.uri) == Path("reports") / "smoke"  # pathlib would make it s3:/bkt/...
-    assert default_out(str(tmp_path / "x")) == tmp_path / "x" / "report"
-    assert default_out(f"file://{tmp_path}/x") == tmp_path / "x" / "report"
+    assert report_dir(exp.uri) == Path("reports") / "smoke"  # pathlib would make it s3:/bkt/...
+    assert report_dir(str(tmp_path / "x")) == tmp_path / "x" / "report"
+    assert report_dir(f"file://{tmp_path}/x") == tmp_path / "x" / "report"
 
     local = Experiment(str(tmp_path / "a?b" / "smoke"))  # a local path keeps its '?': no query there
     assert (local.storage, local.name, local.ray_storage()) == (str(tmp_path / "a?b"), "smoke",
@@ -221,10 +221,9 @@ def test_s3_sweep_survives_a_lost_node_and_a_killed_driver_and_reports_from_the_
     assert "4 trials (4 completed)" in r.stdout, r.stdout[-3000:]
     t_resumed = time.time()
 
-    # straight from the bucket: export, report (--out), landscape (its figures to reports/<name>/)
-    r = vggbn("export", exp, cwd=tmp_path, timeout=300)
-    assert r.returncode == 0 and "4 trials (4 completed)" in r.stdout, r.stderr[-3000:]
-    r = vggbn("report", exp, "--out", tmp_path / "report", cwd=tmp_path, timeout=300)
+    # straight from the bucket (the resume's export is there): report (--out), landscape (its figures to
+    # reports/<name>/); `vggbn export` and `report` as processes on a bucket: the test above
+    r = vggbn_main("report", exp, "--out", tmp_path / "report", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     r = vggbn("landscape", exp, "--resolution", "3", "--samples", "32", "--address", cluster.address,
               cwd=tmp_path, timeout=300)
@@ -271,5 +270,5 @@ def test_s3_sweep_survives_a_lost_node_and_a_killed_driver_and_reports_from_the_
           f"epoch {restored}: {redone_node} epoch(s) redone (checkpoint_every={every}); driver SIGKILL: epochs "
           f"redone after the resume {redone_kill} ({sum(map(len, redone_kill.values()))} in all); failures "
           f"{t['failures'].to_dict()}; times: node lost at {t_lost - t_start:.0f} s, driver killed at "
-          f"{t_kill - t_start:.0f} s, resumed sweep done at {t_resumed - t_start:.0f} s, export + report + "
+          f"{t_kill - t_start:.0f} s, resumed sweep done at {t_resumed - t_start:.0f} s, report + "
           f"landscape from the bucket done at {time.time() - t_start:.0f} s")

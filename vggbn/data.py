@@ -18,6 +18,7 @@ is decoded again under the same lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import os
@@ -71,8 +72,8 @@ def _read_idx(path: Path) -> torch.Tensor:
         return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
     except (OSError, EOFError, ValueError, IndexError, zlib.error) as e:  # truncated, not gzip, not idx
         raise DataError(f"{path}: unreadable or corrupt ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:200]}).\nFix: replace it with the official file, or "
-                        f"delete it to have it downloaded again") from None
+                        f"{' '.join(str(e).split())[:200]}).", "replace it with the official file, or "
+                        "delete it to have it downloaded again") from None
 
 
 def _find_fmnist(dirs: list[Path]) -> dict[str, Path] | None:
@@ -100,8 +101,8 @@ def _offline_error(dataset: str, data_dir: Path, searched: list[Path], expected:
     where = ", ".join(str(p) for p in dict.fromkeys(searched))
     return DataError(
         f"dataset '{dataset}' is not in {data_dir} (searched {where}; expected {expected}) and "
-        f"downloading it failed ({type(reason).__name__}: {' '.join(str(reason).split())[:200]}).\n"
-        f"Fix: connect to the internet, or copy the official archive files into {data_dir}, or point "
+        f"downloading it failed ({type(reason).__name__}: {' '.join(str(reason).split())[:200]}).",
+        f"connect to the internet, or copy the official archive files into {data_dir}, or point "
         f"data_dir (--set data_dir=DIR, or $VGGBN_DATA_DIR) at a directory that holds them.")
 
 
@@ -143,8 +144,8 @@ def _decode_cifar(dataset: str, data_dir: Path) -> dict[str, torch.Tensor]:
     except Exception as e:
         if have_local:
             raise DataError(f"dataset '{dataset}': the files in {data_dir} are unreadable or "
-                            f"corrupt ({type(e).__name__}: {' '.join(str(e).split())[:200]}).\n"
-                            f"Fix: replace {archive} with the official archive, "
+                            f"corrupt ({type(e).__name__}: {' '.join(str(e).split())[:200]}).",
+                            f"replace {archive} with the official archive, "
                             f"or delete {data_dir / folder} to re-extract.") from None
         raise _offline_error(dataset, data_dir, [data_dir],
                              f"{archive} or its extracted folder {folder}/", e) from None
@@ -184,17 +185,35 @@ def prepare(dataset: str, data_dir: str | None = None, *, damaged: bool = False)
         raise ValueError("the synthetic dataset is generated, not prepared")
     data_dir_p = Path(data_dir or default_data_dir()).absolute()
     path = cache_path(dataset, str(data_dir_p))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    lock = FileLock(str(path) + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as e:
+        raise _cache_error(path.parent, e) from None
+    try:
         if path.is_file() and not (damaged and _read_cache(path) is None):
             return path, False
         try:
             _decode_into(path, dataset, data_dir_p, "\treplaced a damaged cache" if damaged else "")
         except DataError as e:
             if damaged:  # the damaged file stays: it is replaced only by a good one
-                raise DataError(f"{path}: the decoded cache is damaged and cannot be rebuilt: {e}") from None
+                raise DataError(f"{path}: the decoded cache is damaged and cannot be rebuilt: {e.what}",
+                                e.fix) from None
             raise
         return path, True
+    finally:
+        lock.release()
+
+
+def _cache_error(where: Path, e: OSError) -> DataError:
+    """The decoded-tensor cache cannot be made or written (a file in the way, read-only, full)."""
+    which = "$VGGBN_CACHE_DIR" if os.environ.get("VGGBN_CACHE_DIR") else "the default cache directory"
+    why = ("a file is there, not a directory" if e.errno in (errno.EEXIST, errno.ENOTDIR)
+           else e.strerror or type(e).__name__)
+    return DataError(f"{where}: the cache of decoded datasets ({which}) cannot be written ({why}).",
+                     "set VGGBN_CACHE_DIR to a directory you can write, with room for the decoded dataset "
+                     "(CIFAR-10: about 180 MB)")
 
 
 def _decode_into(path: Path, dataset: str, data_dir_p: Path, note: str = "") -> None:
@@ -203,13 +222,19 @@ def _decode_into(path: Path, dataset: str, data_dir_p: Path, note: str = "") -> 
         try:
             data_dir_p.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise DataError(f"data_dir {data_dir_p} does not exist and cannot be created ({e}).\n"
-                            f"Fix: set data_dir to a writable directory.") from None
+            raise DataError(f"data_dir {data_dir_p} does not exist and cannot be created ({e}).",
+                            "set data_dir to a writable directory.") from None
     arrays = (_decode_fashion_mnist(data_dir_p) if dataset == "fashion_mnist"
               else _decode_cifar(dataset, data_dir_p))
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(arrays, tmp)
-    os.replace(tmp, path)  # atomic: readers never see half a file
+    try:
+        torch.save(arrays, tmp)
+        os.replace(tmp, path)  # atomic: readers never see half a file
+    except (OSError, RuntimeError) as e:  # torch's writer says a full disk as a RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        err = e if isinstance(e, OSError) else OSError(errno.ENOSPC, "no space left, or the write failed")
+        raise _cache_error(path.parent, err) from None
     with open(path.parent / "prepare.log", "a") as log:  # who decoded what, when
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\t{dataset}\t{data_dir_p}\t"
                   f"{socket.gethostname()}\tpid={os.getpid()}{note}\n")
@@ -225,8 +250,8 @@ def load_arrays(dataset: str, data_dir: str | None = None, synthetic_size: int =
         path, _ = prepare(dataset, data_dir, damaged=True)
         arrays = _read_cache(path)
     if arrays is None:
-        raise DataError(f"{path}: the decoded cache is unreadable right after it was written.\n"
-                        f"Fix: check the disk of {path.parent} (full? failing?), delete {path} and run again")
+        raise DataError(f"{path}: the decoded cache is unreadable right after it was written.",
+                        f"check the disk of {path.parent} (full? failing?), delete {path} and run again")
     if dataset == "fashion_mnist":  # 28x28 -> 32x32, zero padding as in LeNet
         arrays["train_x"] = F.pad(arrays["train_x"], (2, 2, 2, 2))
         arrays["test_x"] = F.pad(arrays["test_x"], (2, 2, 2, 2))

@@ -15,8 +15,6 @@ class VggbnError(Exception):
     """What went wrong (and where), and how to fix it. str(): `what`, then `Fix: fix` on a line."""
 
     def __init__(self, what: str, fix: str | None = None):
-        if fix is None and "\nFix: " in what:  # one string written as "what\nFix: fix"
-            what, _, fix = what.partition("\nFix: ")
         self.what, self.fix = what, fix
         super().__init__(what if fix is None else f"{what}\nFix: {fix}")
 

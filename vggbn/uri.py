@@ -104,8 +104,8 @@ def normalize(path: str) -> str:
         return str(Path(path).expanduser().absolute())
     why = problem(path)
     if why:
-        raise StorageError(f"{path}: {why}.\nFix: give the sweep's directory as a local path or a "
-                           f"URI of one of these kinds")
+        raise StorageError(f"{path}: {why}.", "give the sweep's directory as a local path or a "
+                           "URI of one of these kinds")
     if scheme(path) == "file":
         return str(Path(urlparse(path).path).absolute())
     base, query = split_query(path)
@@ -120,7 +120,7 @@ def filesystem(uri: str):
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
     except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
-        raise StorageError(explain(uri, e)) from None
+        raise StorageError(*explain(uri, e)) from None
     return fs, path.rstrip("/") or path
 
 
@@ -176,31 +176,31 @@ _DENIED = ("ACCESS_DENIED", "AccessDenied", "Access Denied", "INVALID_ACCESS_KEY
            "HTTP response code: 403", "credentials", "Permission denied", "PERMISSION_DENIED")
 
 
-def explain(uri: str, e: BaseException, doing: str = "cannot be read") -> str:
-    """An error from pyarrow or boto3 about `uri`, in two lines: what happened and the fix."""
+def explain(uri: str, e: BaseException, doing: str = "cannot be read") -> tuple[str, str]:
+    """An error from pyarrow or boto3 about `uri`, as (what happened, the fix)."""
     text = " ".join(f"{type(e).__name__}: {e}".split())
     detail = text[:240] + ("..." if len(text) > 240 else "")
     bucket = bucket_and_key(uri)[0] if is_remote(uri) else ""
     if "query parameter" in text:
-        return (f"{uri}: {detail}.\nFix: the query takes pyarrow's options for this store, e.g. "
-                f"?endpoint_override=HOST:PORT&scheme=http&region=REGION")
+        return (f"{uri}: {detail}.", "the query takes pyarrow's options for this store, e.g. "
+                "?endpoint_override=HOST:PORT&scheme=http&region=REGION")
     if any(s in text for s in _NO_BUCKET) or ("resolving region" in text and "NOT_FOUND" in text):
-        return (f"{uri}: no bucket {bucket} at {where(uri)}.\nFix: check the bucket's name and the "
-                f"endpoint (AWS_ENDPOINT_URL or ?endpoint_override=), or create the bucket")
+        return (f"{uri}: no bucket {bucket} at {where(uri)}.", "check the bucket's name and the "
+                "endpoint (AWS_ENDPOINT_URL or ?endpoint_override=), or create the bucket")
     if any(s in text for s in _UNREACHABLE):
-        return (f"{uri}: cannot reach {where(uri)} ({detail}).\nFix: check the endpoint "
-                f"(AWS_ENDPOINT_URL, or ?endpoint_override=HOST:PORT&scheme=http in the URI) and "
-                f"that the store is up")
+        return (f"{uri}: cannot reach {where(uri)} ({detail}).", "check the endpoint "
+                "(AWS_ENDPOINT_URL, or ?endpoint_override=HOST:PORT&scheme=http in the URI) and "
+                "that the store is up")
     if any(s in text for s in ("Unable to locate credentials", "NoCredentialsError", "No credentials")):
-        return (f"{uri}: no credentials found for {where(uri)} ({detail}).\nFix: set AWS_PROFILE, or "
-                f"AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY, or run where an instance profile gives them")
+        return (f"{uri}: no credentials found for {where(uri)} ({detail}).", "set AWS_PROFILE, or "
+                "AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY, or run where an instance profile gives them")
     if any(s in text for s in _DENIED):
-        return (f"{uri}: access denied by {where(uri)} ({detail}).\nFix: give credentials that may "
+        return (f"{uri}: access denied by {where(uri)} ({detail}).", f"give credentials that may "
                 f"read and write {'the bucket ' + bucket if bucket else 'it'} (AWS_PROFILE, "
                 f"AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY, or the node's instance profile)")
     if not is_remote(uri) and isinstance(e, OSError):  # a local directory: the fix is about the disk
-        return f"{uri}: {doing} ({e.strerror or detail}).\nFix: {local_fix(e.errno)}"
-    return f"{uri}: {doing} ({detail}).\nFix: check the URI and the credentials for it"
+        return f"{uri}: {doing} ({e.strerror or detail}).", local_fix(e.errno)
+    return f"{uri}: {doing} ({detail}).", "check the URI and the credentials for it"
 
 
 _LOCAL_FIX = {

@@ -4,6 +4,9 @@ only once a path is looked at), so that bad input answers at once."""
 
 from __future__ import annotations
 
+import errno
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,4 +58,20 @@ def out_dir(out: Path, example: str = "runs") -> Path:
         what = "is a file, not a directory" if out.is_file() else f"cannot be created ({e.strerror or e})"
         raise UsageError(f"--out {out}: {what}.", f"give a directory (it is created if it does not exist), "
                          f"e.g. --out {example}/{out.name or 'run'}") from None
+    return out
+
+
+def default_out(out: Path, example: str = "reports") -> Path:
+    """Where a command writes without --out: checked before any work that it could be made (a trial
+    directory made and removed in its nearest existing parent), but not made, so that a command that
+    fails later leaves nothing behind."""
+    parent = next(p for p in [out, *out.parents] if p.exists())
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory")
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".vggbn-check-"))
+    except OSError as e:
+        raise UsageError(f"{out}, where this command writes without --out, cannot be created "
+                         f"({e.strerror or e}).", f"give --out a directory on a disk you can write, e.g. "
+                         f"--out {example}/{out.parent.name or 'run'}") from None
     return out

@@ -8,8 +8,9 @@ import math
 import os
 from pathlib import Path
 
-from vggbn.cli.inputs import exported, out_dir
+from vggbn.cli.inputs import default_out, exported, out_dir
 from vggbn.errors import UsageError
+from vggbn.store.exports import report_dir
 from vggbn.uri import is_remote, join, normalize
 
 
@@ -18,6 +19,16 @@ BYTES_PER_POINT = 1024  # a grid point: its tuple and result dict measured 0.42 
 
 def _memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _out(out: str | None, path: str) -> None:
+    """The directory report or landscape writes its files to (--out, else report_dir(path)), made now."""
+    if out and is_remote(str(out)):
+        return
+    if out:
+        out_dir(Path(out), "reports")
+    else:
+        default_out(report_dir(path))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -32,8 +43,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                              f"twice.", "name each experiment once")
         seen[key] = str(path)
     exported(args.paths)
-    if args.out and not is_remote(str(args.out)):  # before analysis' imports: a bad one answers at once
-        out_dir(Path(args.out), "reports")
+    _out(args.out, args.paths[0])  # before analysis' imports: a bad one answers at once
     from analysis.report import write_report
 
     print(write_report(args.paths, args.out, baseline=args.baseline, target=args.target,
@@ -54,8 +64,8 @@ def cmd_landscape(args: argparse.Namespace) -> int:
                          f"{_memory() / 2**30:.0f} GiB.", f"--resolution {min(most, 201)} or less (21 is the default; "
                          f"Li et al. use 51)")
     exported([args.path])
-    if args.out and not is_remote(str(args.out)):
-        out_dir(Path(args.out), "reports")
+    if args.out:  # the default, <path>/report, is in the experiment: the lease says if it cannot be written
+        _out(args.out, args.path)
     from analysis.report import landscape_figures
     from analysis.results import load
     from vggbn.sweep.surfaces import landscape

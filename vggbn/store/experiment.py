@@ -79,7 +79,7 @@ class Experiment:
 
     def error(self, e: BaseException, doing: str = "cannot be read") -> ExperimentError:
         """An OSError from the store (unreachable, no bucket, denied) as a message for people."""
-        return ExperimentError(storage.explain(self.uri, e, doing))  # "what\nFix: fix", split by VggbnError
+        return ExperimentError(*storage.explain(self.uri, e, doing))
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])

@@ -28,6 +28,15 @@ REQUIRED = {TRIALS: ("trial_id", "sweep", "status"), EPOCHS: ("trial_id", "epoch
             STEPS: ("trial_id", "step"), PROBES: ("trial_id", "step"), SURFACES: ("trial_id", "kind")}
 
 
+def report_dir(path: str | Path) -> Path:
+    """Where an experiment's report goes unless --out says: <path>/report for a local one,
+    reports/<name>/ (in the current directory) for one in a bucket (read in place, never synced)."""
+    path = str(path)
+    if storage.is_remote(path):
+        return Path("reports") / storage.name(storage.normalize(path))
+    return Path(storage.normalize(path) if "://" in path else path) / "report"
+
+
 def trial_status(ray_status: str | None, last: dict, epochs: int, error: str | None) -> str:
     """A trial's status in the export (schema.STATUSES) from Ray's status of it ("TERMINATED",
     "ERROR", ...), its last reported epoch, its planned epochs and its recorded error: the export and
@@ -137,7 +146,7 @@ class ExportDir:
                                                             f"sweep, {example}")
             exported = self.is_file(TRIALS)
         except OSError as err:  # the store: unreachable, no credentials, access denied
-            raise self.error(storage.explain(str(self), err)) from None  # "what\nFix: fix", split by VggbnError
+            raise self.error(*storage.explain(str(self), err)) from None
         if not exported:
             raise self.error(f"{self}: no {TRIALS} here.", f"give the directory of a finished or interrupted "
                              f"sweep, {example}, or run `vggbn export {self}` first")

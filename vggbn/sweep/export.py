@@ -38,8 +38,8 @@ def _analysis(exp: Experiment):
             return ExperimentAnalysis(path, storage_filesystem=fs)
     except Exception as e:  # noqa: BLE001  (Ray raises many kinds for a damaged state)
         raise ExperimentError(f"{exp.uri}: Ray's experiment state cannot be read ({type(e).__name__}: "
-                              f"{' '.join(str(e).split())[:300]}).\nFix: restore the directory as the "
-                              f"sweep wrote it (experiment_state-*.json, trial_*/)") from None
+                              f"{' '.join(str(e).split())[:300]}).", "restore the directory as the "
+                              "sweep wrote it (experiment_state-*.json, trial_*/)") from None
     finally:
         quiet.setLevel(level)
 

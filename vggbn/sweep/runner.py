@@ -15,7 +15,7 @@ from ray import tune
 
 from vggbn import data
 from vggbn.config import TrialConfig
-from vggbn.errors import ExperimentError, SpecError
+from vggbn.errors import ExperimentError, SpecError, StorageError
 from vggbn.plan.extend import extended_spec
 from vggbn.schema import TRIAL_DIR
 from vggbn.spec import pbt
@@ -23,7 +23,7 @@ from vggbn.spec.model import CASE_KEY, SweepSpec
 from vggbn.store.experiment import Experiment
 from vggbn.store.lease import Lease
 from vggbn.sweep import callbacks, ray_compat, schedulers, search, snapshots
-from vggbn.sweep.callbacks import SweepProgress
+from vggbn.sweep.callbacks import StorageGuard, SweepProgress
 from vggbn.sweep.data_parallel import with_concurrency
 from vggbn.sweep.export import export
 from vggbn.sweep.ray_compat import RAY_TESTED, check_ray  # noqa: F401  (this module's API)
@@ -118,6 +118,7 @@ def build_tuner(spec: SweepSpec, exp: Experiment | None = None):
     search_alg, param_space, num_samples, plan_callbacks = search.build(spec, exp.uri)
     cbs = scheduler_callbacks + plan_callbacks + callbacks.callbacks(spec)  # TensorBoard, MLflow, W&B
     cbs.append(SweepProgress(exp.uri, spec.trial_count(), spec.seeds is not None))  # a line per trial
+    cbs.append(StorageGuard(exp.uri))  # a full disk ends the run at its first failed trial
     single = len(spec.objectives) == 1 or None  # several objectives: the searcher holds them
     storage_path, storage_fs = exp.ray_storage()  # object storage: the URI's filesystem + plain path
     return tune.Tuner(
@@ -176,6 +177,8 @@ def _fit(exp: Experiment, spec: SweepSpec, tuner) -> dict:
             tuner.fit()
         ray_compat.wait_for_final_upload()
         summary = export(exp.uri, wall_time_s=time.time() - t0)
+    except StorageError:  # callbacks.StorageGuard: a trial failed on the storage, the run ended
+        raise
     except Exception as e:  # noqa: BLE001  (Ray's own errors, after a trial's OSError, hide the cause)
         why = exp.failure(e)
         if why is None:
@@ -231,7 +234,7 @@ def _resume(exp: Experiment, spec: SweepSpec, address: str | None) -> dict:
                               "finish it with the vggbn release that started it, or `vggbn export` "
                               "what it has") from None
     for cb in ray_compat.restored_callbacks(tuner):  # the copies pickled at the start name where it was
-        if isinstance(cb, (PlanSync, SweepProgress)):
+        if isinstance(cb, (PlanSync, SweepProgress, StorageGuard)):
             cb.relocate(exp.uri)
     return _fit(exp, spec, tuner)
 

@@ -1,4 +1,5 @@
-"""Ray Tune callbacks, one module each: progress (a line per finished trial), tensorboard (always),
+"""Ray Tune callbacks, one module each: progress (a line per finished trial), storage (a full disk
+ends the run), tensorboard (always),
 mlflow and wandb (optional extras); trial_values.py is what the trackers record of a trial.
 `callbacks(spec)` builds the trackers a spec asks for, `check(tracking)` says before Ray starts
 what their packages or stores lack.
@@ -19,11 +20,13 @@ from vggbn.spec.tracking import FIX_MLFLOW, URI_SCHEME, Tracking
 from vggbn.sweep import ray_compat
 from vggbn.sweep.callbacks.mlflow import MLflow
 from vggbn.sweep.callbacks.progress import SweepProgress
+from vggbn.sweep.callbacks.storage import StorageGuard
 from vggbn.sweep.callbacks.tensorboard import TensorBoard
 from vggbn.sweep.callbacks.trial_values import searched_keys
 from vggbn.sweep.callbacks.wandb import WandB, WandbActor
 
-__all__ = ["SweepProgress", "TensorBoard", "MLflow", "WandB", "WandbActor", "callbacks", "check", "mlflow_uri"]
+__all__ = ["SweepProgress", "StorageGuard", "TensorBoard", "MLflow", "WandB", "WandbActor", "callbacks", "check",
+           "mlflow_uri"]
 
 WANDB_OFFLINE = ("offline", "disabled", "dryrun")  # WANDB_MODE values that need no API key
 
